@@ -1,0 +1,357 @@
+"""Time one DM iteration: the plain NumPy baseline (:mod:`plain_dm`) against ptychograph.
+
+Both implementations run side by side in the same process, start from the same state, and must
+give the same probe and object after the iteration. The results go to ``benchmarks/RESULTS.md``
+under a section of their own (other sections of that file are left as they are).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_iteration.py                 # default grid
+    .venv/bin/python benchmarks/bench_iteration.py --config 512:128:3:1:single --repeats 5
+
+A configuration is ``N:SIZE:PROBE_MODES:OBJECT_MODES:PRECISION`` (frames, frame side in pixels,
+modes, ``single`` or ``double``). Scan: a square raster whose step gives ``--overlap`` linear
+overlap of the probe footprint (a disc of diameter SIZE / 2), each position jittered by a random
+sub-pixel amount, so every view takes the Fourier-shift path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import plain_dm  # noqa: E402
+
+from ptychograph.backend import fft_workers  # noqa: E402
+from ptychograph.partials import regularised_divide  # noqa: E402
+from ptychograph.views import (  # noqa: E402
+    ViewChunk,
+    make_chunk,
+    object_partials,
+    probe_partials,
+    view_update,
+)
+
+SECTION = "## CPU: one DM iteration, plain NumPy vs ptychograph"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+TARGET = "512:128:3:1:single"
+DEFAULT_CONFIGS = [
+    TARGET,
+    "512:128:3:1:double",
+    "512:128:1:1:single",
+    "512:64:5:1:single",
+    "128:256:3:1:single",
+]
+#: Largest accepted max relative difference of probe / object between the implementations.
+TOLERANCE = {"single": 1e-3, "double": 1e-8}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark case."""
+
+    n_frames: int
+    size: int
+    probe_modes: int
+    object_modes: int
+    precision: str
+
+    @classmethod
+    def parse(cls, text: str) -> BenchConfig:
+        """From ``N:SIZE:PROBE_MODES:OBJECT_MODES:PRECISION``."""
+        parts = text.split(":")
+        if len(parts) != 5 or parts[4] not in TOLERANCE:
+            raise argparse.ArgumentTypeError(
+                f"expected N:SIZE:PROBE_MODES:OBJECT_MODES:single|double, got {text!r}"
+            )
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]), parts[4])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.complex64 if self.precision == "single" else np.complex128)
+
+    @property
+    def label(self) -> str:
+        size = f"{self.size}x{self.size}"
+        modes = f"{self.probe_modes}P/{self.object_modes}O"
+        return f"N={self.n_frames}, {size}, {modes}, {self.dtype.name}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A simulated scan and the starting estimates of one iteration.
+
+    amplitudes : (N, H, W) real sqrt(I); origins : (N, 2) float64 view corners (object pixels);
+    probe : (M_P, H, W) complex; obj : (M_O, Y, X) complex.
+    """
+
+    amplitudes: np.ndarray
+    origins: np.ndarray
+    probe: np.ndarray
+    obj: np.ndarray
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds per iteration of both implementations and their disagreement."""
+
+    config: BenchConfig
+    plain_s: float
+    fast_s: float
+    probe_diff: float
+    object_diff: float
+
+    @property
+    def max_diff(self) -> float:
+        return max(self.probe_diff, self.object_diff)
+
+    @property
+    def agrees(self) -> bool:
+        return self.max_diff < TOLERANCE[self.config.precision]
+
+
+def raster_origins(
+    n_frames: int, step: float, jitter: float, margin: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(N, 2) float64 view corners on a square raster with uniform random jitter (pixels)."""
+    columns = int(np.ceil(np.sqrt(n_frames)))
+    index = np.arange(n_frames)
+    grid = np.stack([index // columns, index % columns], axis=1) * step
+    positions = grid + rng.uniform(-jitter, jitter, size=grid.shape)
+    return positions - positions.min(axis=0) + margin
+
+
+def make_probe(size: int, modes: int, dtype: np.dtype) -> np.ndarray:
+    """(M_P, H, W): a soft disc of diameter size / 2 with a curved phase; weaker extra modes."""
+    yy, xx = (np.mgrid[:size, :size] - size / 2) / (size / 4)
+    radius = np.hypot(yy, xx)
+    disc = 0.5 * (1 - np.tanh((radius - 1) * 8)) * np.exp(1j * 2.0 * radius**2)
+    patterns = [np.ones_like(xx), xx, yy, xx * yy, xx**2 - yy**2, yy**2]
+    probe = [disc * patterns[k % len(patterns)] * 0.5**k for k in range(modes)]
+    return np.asarray(probe).astype(dtype)
+
+
+def smooth_noise(shape: tuple[int, ...], width: float, rng: np.random.Generator) -> np.ndarray:
+    """Real Gaussian noise low-passed to features of about ``width`` pixels, unit max."""
+    spectrum = np.fft.fft2(rng.standard_normal(shape))
+    qy = np.fft.fftfreq(shape[-2])[:, None]
+    qx = np.fft.fftfreq(shape[-1])[None, :]
+    field = np.fft.ifft2(spectrum * np.exp(-((qy**2 + qx**2) * width**2))).real
+    return field / np.abs(field).max()
+
+
+def make_scene(config: BenchConfig, overlap: float, seed: int) -> Scene:
+    """Simulate a scan with the plain forward model and perturbed starting estimates."""
+    rng = np.random.default_rng(seed)
+    size, dtype = config.size, config.dtype
+    step = (1 - overlap) * size / 2
+    margin = 8
+    origins = raster_origins(config.n_frames, step, 0.1 * step, margin, rng)
+    side = int(np.ceil(origins.max())) + size + margin + 1
+    obj_shape = (config.object_modes, side, side)
+    obj_true = (1 - 0.3 * np.abs(smooth_noise(obj_shape, 3, rng))) * np.exp(
+        1j * smooth_noise(obj_shape, 3, rng)
+    )
+    probe_true = make_probe(size, config.probe_modes, dtype)
+    intensities = plain_dm.intensities(probe_true, obj_true.astype(dtype), origins)
+    real = np.dtype(np.float32 if config.precision == "single" else np.float64)
+    noise = rng.standard_normal(probe_true.shape) + 1j * rng.standard_normal(probe_true.shape)
+    probe = probe_true + 0.1 * np.abs(probe_true).max() * noise * (np.abs(probe_true) > 0.01)
+    obj = np.ones(obj_shape, dtype=dtype)
+    return Scene(np.sqrt(intensities).astype(real), origins, probe.astype(dtype), obj)
+
+
+def fast_iteration(
+    chunk: ViewChunk,
+    probe: np.ndarray,
+    obj: np.ndarray,
+    beta: float,
+    alpha: float,
+    passes: int,
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ptychograph DM iteration on a chunk (psi in place). Returns (probe, obj)."""
+    view_update(chunk, probe, obj, beta, batch_size)
+    for _ in range(passes):
+        obj = regularised_divide(
+            object_partials(chunk, probe, obj.shape[1:], batch_size), obj, alpha
+        )
+        probe = regularised_divide(probe_partials(chunk, obj, batch_size), probe, alpha)
+    return probe, obj
+
+
+def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
+    """max |value - reference| / max |reference|."""
+    return float(np.abs(value - reference).max() / np.abs(reference).max())
+
+
+def run_config(config: BenchConfig, args: argparse.Namespace) -> Timing:
+    """Warm up both implementations once, then time ``args.repeats`` interleaved iterations."""
+    scene = make_scene(config, args.overlap, args.seed)
+    passes, beta, alpha = args.overlap_passes, args.beta, args.alpha
+    start_psi = plain_dm.initial_exit_waves(scene.probe, scene.obj, scene.origins)
+    chunk = make_chunk(scene.amplitudes, None, scene.origins, scene.probe, scene.obj, args.batch)
+    psi = start_psi.copy()
+
+    def plain() -> tuple[np.ndarray, np.ndarray]:
+        probe, obj, _ = plain_dm.dm_iteration(
+            psi, scene.amplitudes, scene.origins, scene.probe, scene.obj, beta, alpha, passes
+        )
+        return probe, obj
+
+    def fast() -> tuple[np.ndarray, np.ndarray]:
+        return fast_iteration(chunk, scene.probe, scene.obj, beta, alpha, passes, args.batch)
+
+    plain_result = plain()
+    fast_result = fast()
+    plain_times, fast_times = [], []
+    for _ in range(args.repeats):
+        psi[...] = start_psi
+        begin = time.perf_counter()
+        plain()
+        plain_times.append(time.perf_counter() - begin)
+        chunk.exit_waves[...] = start_psi
+        begin = time.perf_counter()
+        fast()
+        fast_times.append(time.perf_counter() - begin)
+    return Timing(
+        config,
+        float(np.median(plain_times)),
+        float(np.median(fast_times)),
+        relative_difference(fast_result[0], plain_result[0]),
+        relative_difference(fast_result[1], plain_result[1]),
+    )
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or the platform's processor string)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def command_line() -> str:
+    """The command that ran this script, with the interpreter relative to the working dir."""
+    python = os.path.relpath(sys.executable)
+    if python.startswith(".."):
+        python = sys.executable
+    return shlex.join([python, *sys.argv])
+
+
+def render_section(timings: list[Timing], args: argparse.Namespace, wall_s: float) -> str:
+    """The markdown of this script's RESULTS.md section, header included."""
+    rows = [
+        "| config | plain s/iter | ptychograph s/iter | speed-up | max rel diff (probe / obj) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for t in timings:
+        flag = "" if t.agrees else " **MISMATCH**"
+        rows.append(
+            f"| {t.config.label} | {t.plain_s:.3f} | {t.fast_s:.3f} | "
+            f"{t.plain_s / t.fast_s:.2f}x | {t.probe_diff:.1e} / {t.object_diff:.1e}{flag} |"
+        )
+    cores = len(os.sched_getaffinity(0))
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command_line()}`  ",
+        f"Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
+        f"Machine: nproc = {cores}, CPU = {cpu_model()}  ",
+        f"Versions: Python {platform.python_version()}, numpy {np.__version__}, "
+        f"scipy {scipy.__version__}; ptychograph FFT workers = {fft_workers()}  ",
+        f"Whole benchmark: {wall_s:.0f} s wall",
+        "",
+        f"One iteration = exit-wave update (eqs. 3-4) + {args.overlap_passes} overlap pass(es) "
+        f"(eqs. 5-6); beta = {args.beta}, alpha = {args.alpha}, batch size {args.batch}. "
+        f"Median of {args.repeats} repeats after one warm-up, plain and ptychograph interleaved. "
+        f"Scan: square raster, {args.overlap:.0%} linear overlap of a probe disc of diameter "
+        "H/2, random sub-pixel jitter of +-10 % of the step; object modes start flat, probe "
+        "perturbed from the simulated one.",
+        "",
+        *rows,
+        "",
+        "Max rel diff = max |ptychograph - plain| / max |plain| of the probe and object after the "
+        f"iteration (tolerance {TOLERANCE['single']:g} single, {TOLERANCE['double']:g} double). "
+        "Plain NumPy FFTs are single-threaded; ptychograph's use scipy.fft workers.",
+        "",
+        "Absolute CPU times on this shared machine are noisy; compare only the ratios within "
+        "one run.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this script's section of ``path`` (from its header to the next ``## ``)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config",
+        action="append",
+        type=BenchConfig.parse,
+        help="N:SIZE:PROBE_MODES:OBJECT_MODES:single|double (repeatable; default: a grid "
+        f"including {TARGET})",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed iterations per case")
+    parser.add_argument("--overlap-passes", type=int, default=1, help="eqs. 5-6 passes")
+    parser.add_argument("--beta", type=float, default=0.8, help="DM feedback")
+    parser.add_argument("--alpha", type=float, default=1e-3, help="overlap regularisation")
+    parser.add_argument("--batch", type=int, default=64, help="ptychograph views per batch")
+    parser.add_argument("--overlap", type=float, default=0.7, help="linear probe overlap")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the scene")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
+    parser.add_argument("--no-write", action="store_true", help="only print the table")
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = [BenchConfig.parse(text) for text in DEFAULT_CONFIGS]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    begin = time.perf_counter()
+    timings = []
+    for config in args.config:
+        timing = run_config(config, args)
+        timings.append(timing)
+        print(
+            f"{config.label}: plain {timing.plain_s:.3f} s, ptychograph {timing.fast_s:.3f} s, "
+            f"x{timing.plain_s / timing.fast_s:.2f}, max rel diff {timing.max_diff:.1e}",
+            flush=True,
+        )
+    section = render_section(timings, args, time.perf_counter() - begin)
+    print("\n" + section)
+    if not args.no_write:
+        write_section(args.results, section)
+        print(f"updated {args.results}")
+    return 0 if all(t.agrees for t in timings) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

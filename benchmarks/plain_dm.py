@@ -1,0 +1,201 @@
+"""A deliberately plain NumPy Difference Map iteration: the speed baseline and a second reference.
+
+This is the same iteration as :mod:`ptychograph.views` (DESIGN.md steps 1-4, Dong et al.,
+arXiv:1808.10375, eqs. 2-6), written the straightforward way: one Python loop over views,
+``numpy.fft`` per view with ``fftshift`` / ``ifftshift`` for the detector convention, and object
+insertion by slicing. It shares no code with ``ptychograph`` so that it checks the fast path
+independently. Conventions that must match ``ptychograph``:
+
+* F = fftshift o fft2(norm="ortho"), F^-1 = ifft2(norm="ortho") o ifftshift (per view).
+* View j's top-left corner ``origins[j]`` is split into ``corner = floor(origin)`` (where the
+  object window is cut) and ``frac = origin - corner``; the probe is shifted by ``frac`` with
+  the Fourier phase ramp exp(-2 pi i q frac), q = ``np.fft.fftfreq`` (unshifted order).
+* Eq. 5's denominator is not sub-pixel shifted (as in ``ptychograph.views.probe_partials``).
+* The overlap division is regularised: new = (num + eps prev) / (den + eps), eps = alpha max(den).
+
+Shapes: probe (M_P, H, W), obj (M_O, Y, X), amplitudes (N, H, W), origins (N, 2),
+exit waves psi (N, M_P, M_O, H, W).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def far_field(wave: np.ndarray) -> np.ndarray:
+    """F: (..., H, W) complex -> (..., H, W) complex, zero frequency at the frame centre."""
+    return np.fft.fftshift(np.fft.fft2(wave, norm="ortho"), axes=(-2, -1))
+
+
+def inverse_far_field(spectrum: np.ndarray) -> np.ndarray:
+    """F^-1: (..., H, W) complex with zero frequency at the centre -> (..., H, W) complex."""
+    return np.fft.ifft2(np.fft.ifftshift(spectrum, axes=(-2, -1)), norm="ortho")
+
+
+def shift_ramp(frac: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """Fourier phase ramp exp(-2 pi i (qy fy + qx fx)) that shifts a frame by ``frac`` pixels.
+
+    frac : (2,) float (row, column). Returns (H, W) complex in ``dtype``, unshifted FFT order.
+    """
+    qy = np.fft.fftfreq(shape[0])
+    qx = np.fft.fftfreq(shape[1])
+    phase = -2 * np.pi * (frac[0] * qy[:, None] + frac[1] * qx[None, :])
+    return np.exp(1j * phase).astype(dtype)
+
+
+def shift_probe(probe: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """S_j P: every probe mode shifted by ``frac``: (M_P, H, W) -> (M_P, H, W)."""
+    if not np.any(frac != 0):
+        return probe
+    ramp = shift_ramp(frac, probe.shape[1:], probe.dtype)
+    return np.fft.ifft2(np.fft.fft2(probe) * ramp).astype(probe.dtype)
+
+
+def unshift_wave(wave: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """S_j^H: undo the shift by ``frac``: (M, H, W) -> (M, H, W)."""
+    if not np.any(frac != 0):
+        return wave
+    ramp = shift_ramp(frac, wave.shape[1:], wave.dtype)
+    return np.fft.ifft2(np.fft.fft2(wave) * np.conj(ramp)).astype(wave.dtype)
+
+
+def split_origins(origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) float origins -> integer corners (N, 2) int and fractions (N, 2) in [0, 1)."""
+    corners = np.floor(origins)
+    return corners.astype(np.int64), origins - corners
+
+
+def view_exit_waves(probe: np.ndarray, obj: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Eq. 2 for one view: phi^(k,l) = (S_j P^(k)) (E_j O^(l)) -> (M_P, M_O, H, W)."""
+    corner, frac = split_origins(origin[None])
+    row, col = corner[0]
+    height, width = probe.shape[1:]
+    probe_view = shift_probe(probe, frac[0])
+    obj_view = obj[:, row : row + height, col : col + width]
+    return probe_view[:, None] * obj_view[None, :]
+
+
+def initial_exit_waves(probe: np.ndarray, obj: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """psi = phi for every view: (N, M_P, M_O, H, W) in the probe's dtype."""
+    n_views = origins.shape[0]
+    psi = np.empty((n_views, probe.shape[0], obj.shape[0], *probe.shape[1:]), probe.dtype)
+    for j in range(n_views):
+        psi[j] = view_exit_waves(probe, obj, origins[j])
+    return psi
+
+
+def intensities(probe: np.ndarray, obj: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """Eq. 1, the forward model: I_j = sum_{k,l} |F phi_j^(k,l)|^2 -> (N, H, W) real."""
+    frames = np.empty((origins.shape[0], *probe.shape[1:]), dtype=probe.real.dtype)
+    for j in range(origins.shape[0]):
+        spectrum = far_field(view_exit_waves(probe, obj, origins[j]))
+        frames[j] = np.sum(np.abs(spectrum) ** 2, axis=(0, 1))
+    return frames
+
+
+def update_exit_waves(
+    psi: np.ndarray,
+    amplitudes: np.ndarray,
+    origins: np.ndarray,
+    probe: np.ndarray,
+    obj: np.ndarray,
+    beta: float,
+) -> float:
+    """Eqs. 3-4 for every view, psi updated in place. Returns the Fourier error (step 5).
+
+    psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi), with
+    F_c[x] = sqrt(I_j / sum_{k,l} |F x|^2) F x.
+    The error is that of the current model phi: sum (sqrt(I) - |F phi|)^2 / sum I.
+    """
+    residual = 0.0
+    total = 0.0
+    for j in range(psi.shape[0]):
+        phi = view_exit_waves(probe, obj, origins[j])
+        model = np.sqrt(np.sum(np.abs(far_field(phi)) ** 2, axis=(0, 1)))  # (H, W)
+        residual += float(np.sum((amplitudes[j] - model) ** 2))
+        total += float(np.sum(amplitudes[j] ** 2))
+        spectrum = far_field(2 * phi - psi[j])
+        modulus = np.sqrt(np.sum(np.abs(spectrum) ** 2, axis=(0, 1)))  # (H, W)
+        ratio = amplitudes[j] / np.maximum(modulus, np.finfo(modulus.dtype).tiny)
+        projected = inverse_far_field(spectrum * ratio)
+        psi[j] += (beta * (projected - phi)).astype(psi.dtype)
+    return residual / total if total > 0 else 0.0
+
+
+def regularised_divide(
+    numerator: np.ndarray, denominator: np.ndarray, previous: np.ndarray, alpha: float
+) -> np.ndarray:
+    """(numerator + eps previous) / (denominator + eps), eps = alpha max(denominator).
+
+    numerator, previous : (modes, ...) complex; denominator : (...) real.
+    """
+    eps = alpha * float(np.max(denominator))
+    if eps <= 0:
+        eps = 1e-30
+    return ((numerator + eps * previous) / (denominator + eps)).astype(previous.dtype)
+
+
+def update_object(
+    psi: np.ndarray, origins: np.ndarray, probe: np.ndarray, obj: np.ndarray, alpha: float
+) -> np.ndarray:
+    """Eq. 6: O^(l) = sum_{k,j} conj(S_j P^(k)) psi_j^(k,l) / sum_{k,j} |S_j P^(k)|^2.
+
+    Returns the new object (M_O, Y, X).
+    """
+    numerator = np.zeros(obj.shape, dtype=obj.dtype)
+    denominator = np.zeros(obj.shape[1:], dtype=obj.real.dtype)
+    height, width = probe.shape[1:]
+    corners, fracs = split_origins(origins)
+    for j in range(psi.shape[0]):
+        row, col = corners[j]
+        probe_view = shift_probe(probe, fracs[j])  # (M_P, H, W)
+        numerator[:, row : row + height, col : col + width] += np.sum(
+            np.conj(probe_view)[:, None] * psi[j], axis=0
+        )
+        denominator[row : row + height, col : col + width] += np.sum(
+            np.abs(probe_view) ** 2, axis=0
+        )
+    return regularised_divide(numerator, denominator, obj, alpha)
+
+
+def update_probe(
+    psi: np.ndarray, origins: np.ndarray, probe: np.ndarray, obj: np.ndarray, alpha: float
+) -> np.ndarray:
+    """Eq. 5: P^(k) = sum_{l,j} S_j^H(conj(E_j O^(l)) psi_j^(k,l)) / sum_{l,j} |E_j O^(l)|^2.
+
+    Returns the new probe (M_P, H, W).
+    """
+    numerator = np.zeros(probe.shape, dtype=probe.dtype)
+    denominator = np.zeros(probe.shape[1:], dtype=probe.real.dtype)
+    height, width = probe.shape[1:]
+    corners, fracs = split_origins(origins)
+    for j in range(psi.shape[0]):
+        row, col = corners[j]
+        obj_view = obj[:, row : row + height, col : col + width]  # (M_O, H, W)
+        wave = np.sum(np.conj(obj_view)[None] * psi[j], axis=1)  # (M_P, H, W)
+        numerator += unshift_wave(wave, fracs[j])
+        denominator += np.sum(np.abs(obj_view) ** 2, axis=0)
+    return regularised_divide(numerator, denominator, probe, alpha)
+
+
+def dm_iteration(
+    psi: np.ndarray,
+    amplitudes: np.ndarray,
+    origins: np.ndarray,
+    probe: np.ndarray,
+    obj: np.ndarray,
+    beta: float = 0.8,
+    alpha: float = 1e-3,
+    overlap_passes: int = 1,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One DM iteration: exit-wave update (eqs. 3-4), then alternating object/probe updates.
+
+    psi : (N, M_P, M_O, H, W) complex, updated in place. amplitudes : (N, H, W) real sqrt(I).
+    origins : (N, 2) float view corners in object pixels. probe : (M_P, H, W); obj : (M_O, Y, X).
+    Returns ``(probe, obj, fourier_error)`` with the new estimates.
+    """
+    error = update_exit_waves(psi, amplitudes, origins, probe, obj, beta)
+    for _ in range(overlap_passes):
+        obj = update_object(psi, origins, probe, obj, alpha)
+        probe = update_probe(psi, origins, probe, obj, alpha)
+    return probe, obj, error

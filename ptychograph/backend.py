@@ -1,0 +1,95 @@
+"""Array-module selection and batched FFTs for NumPy and CuPy.
+
+Nothing here imports CuPy at import time. The array module always comes from the inputs
+(:func:`get_array_module`), so every operator runs unchanged on host or device arrays.
+
+The far-field propagator follows the detector convention of DESIGN.md: frames have zero
+spatial frequency at the frame centre, so ``F = fftshift o fft2(norm="ortho")`` and
+``F^-1 = ifft2(norm="ortho") o ifftshift``.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """Return ``cupy`` if any input is a CuPy array, else ``numpy``."""
+    for a in arrays:
+        if type(a).__module__.startswith("cupy"):
+            import cupy
+
+            return cupy  # type: ignore[no-any-return]
+    return np
+
+
+def fft_workers() -> int:
+    """Threads for scipy.fft: ``PTYCHOGRAPH_FFT_WORKERS`` or the usable cores."""
+    env = os.environ.get("PTYCHOGRAPH_FFT_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def fft2c(x: Array) -> Array:
+    """Forward far-field propagator F over the last two axes (unitary, centred output).
+
+    x : (..., H, W) complex -> (..., H, W) complex, zero frequency at (H // 2, W // 2).
+    """
+    xp = get_array_module(x)
+    if xp is np:
+        out = scipy.fft.fft2(x, norm="ortho", workers=fft_workers(), overwrite_x=False)
+        return np.fft.fftshift(out, axes=(-2, -1))
+    return xp.fft.fftshift(xp.fft.fft2(x, norm="ortho"), axes=(-2, -1))
+
+
+def ifft2c(x: Array) -> Array:
+    """Inverse far-field propagator F^-1 = F^H over the last two axes (adjoint of fft2c).
+
+    x : (..., H, W) complex with zero frequency at the centre -> (..., H, W) complex.
+    """
+    xp = get_array_module(x)
+    if xp is np:
+        x = np.fft.ifftshift(x, axes=(-2, -1))
+        return scipy.fft.ifft2(x, norm="ortho", workers=fft_workers(), overwrite_x=True)
+    return xp.fft.ifft2(xp.fft.ifftshift(x, axes=(-2, -1)), norm="ortho")
+
+
+def fft2(x: Array) -> Array:
+    """Plain unitary FFT over the last two axes (no shift), batched, threaded on NumPy."""
+    xp = get_array_module(x)
+    if xp is np:
+        return scipy.fft.fft2(x, norm="ortho", workers=fft_workers())
+    return xp.fft.fft2(x, norm="ortho")
+
+
+def ifft2(x: Array) -> Array:
+    """Plain unitary inverse FFT over the last two axes (no shift)."""
+    xp = get_array_module(x)
+    if xp is np:
+        return scipy.fft.ifft2(x, norm="ortho", workers=fft_workers())
+    return xp.fft.ifft2(x, norm="ortho")
+
+
+def real_dtype(complex_dtype: Any) -> np.dtype:
+    """float32 for complex64, float64 for complex128."""
+    return np.dtype(np.empty(0, dtype=complex_dtype).real.dtype)
+
+
+def complex_dtype(precision: str) -> np.dtype:
+    """``"single"`` -> complex64, ``"double"`` -> complex128."""
+    if precision == "single":
+        return np.dtype(np.complex64)
+    if precision == "double":
+        return np.dtype(np.complex128)
+    raise ValueError(f"precision must be 'single' or 'double', not {precision!r}")

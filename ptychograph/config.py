@@ -1,0 +1,195 @@
+"""Typed, validated configuration: one frozen pydantic model per YAML section.
+
+Unknown keys are rejected, ranges are checked, and rules that span fields live in validators,
+so a bad file fails when it is loaded. :func:`load_config` turns every problem into an
+:class:`~ptychograph.errors.InputError` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ptychograph.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where the scan is and how to read it."""
+
+    path: Path = Field(description="CXI (HDF5) file with the scan.")
+    swap_xy: bool = Field(False, description="Swap the x and y sample translations.")
+    flip_x: bool = Field(False, description="Mirror translation x (object column axis).")
+    flip_y: bool = Field(False, description="Mirror translation y (object row axis).")
+    nonfinite: Literal["error", "drop"] = Field(
+        "error", description="Frames holding NaN/Inf: refuse the run, or drop those frames."
+    )
+    negative: Literal["error", "clip"] = Field(
+        "error", description="Negative counts: refuse the run, or clip them to zero."
+    )
+
+
+class ReconstructionConfig(_Section):
+    """The Difference Map iteration (DESIGN.md steps 1-7)."""
+
+    iterations: int = Field(200, ge=1, le=1_000_000, description="DM iterations.")
+    beta: float = Field(0.8, gt=0.0, le=1.0, description="DM feedback (1 = classic DM).")
+    probe_modes: int = Field(1, ge=1, le=32, description="Number of incoherent probe modes.")
+    object_modes: int = Field(1, ge=1, le=8, description="Number of object modes.")
+    precision: Literal["single", "double"] = Field(
+        "single", description="single = complex64, double = complex128."
+    )
+    seed: int = Field(0, ge=0, description="Seed of every random choice; fixes the run.")
+    overlap_passes: int = Field(
+        2, ge=1, le=50, description="Alternating probe/object passes per iteration."
+    )
+    probe_update_start: int = Field(
+        2, ge=0, description="Iteration from which the probe is updated (0 = from the start)."
+    )
+    regularisation: float = Field(
+        1e-2, gt=0.0, lt=1.0, description="Overlap division damping, fraction of max(denom)."
+    )
+    orthogonalise_probe: bool = Field(
+        True, description="Orthogonalise probe modes every iteration (psi rotated alike)."
+    )
+    noise_bound: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="Relax the Fourier constraint for views already within this many times the "
+        "Poisson noise (0 = plain eq. 4).",
+    )
+    average_last: float = Field(
+        0.2, ge=0.0, lt=1.0, description="Fraction of final iterations averaged into the result."
+    )
+    subpixel: bool = Field(True, description="Honour sub-pixel positions (Fourier shift).")
+    object_margin: int = Field(8, ge=0, le=4096, description="Object pixels around the scan.")
+    batch_size: int = Field(64, ge=1, le=65536, description="Views per vectorised batch.")
+
+
+class InitialConfig(_Section):
+    """Initial probe and object (DESIGN.md step 7)."""
+
+    probe: Literal["auto", "data", "file", "previous"] = Field(
+        "auto",
+        description="auto: the file's illumination if present, else from the data; data: "
+        "from the mean diffraction pattern; file: from `probe_path`; previous: from `previous`.",
+    )
+    probe_path: Path | None = Field(None, description="probe .npy (M,H,W)/(H,W) or result.zarr")
+    object: Literal["flat", "random", "previous"] = Field("flat", description="Object start.")
+    previous: Path | None = Field(None, description="Result .zarr of an earlier run.")
+    extra_mode_power: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Power of each extra probe mode relative to the first."
+    )
+
+    @model_validator(mode="after")
+    def _paths_given(self) -> InitialConfig:
+        if self.probe == "file" and self.probe_path is None:
+            raise ValueError("probe: 'file' needs initial.probe_path")
+        needs_previous = self.probe == "previous" or self.object == "previous"
+        if needs_previous and self.previous is None:
+            raise ValueError("'previous' needs initial.previous (a result .zarr)")
+        return self
+
+
+class OutputConfig(_Section):
+    """Where results go."""
+
+    path: Path = Field(Path("result.zarr"), description="Result Zarr store.")
+    figure: bool = Field(True, description="Also write a PNG summary beside the store.")
+
+
+class Config(_Section):
+    """A whole run: the YAML file's top level."""
+
+    data: DataConfig
+    reconstruction: ReconstructionConfig = ReconstructionConfig()
+    initial: InitialConfig = InitialConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def _error_line(err: ValidationError) -> InputError:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling)"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    else:
+        message = f"{message} (got {first.get('input')!r})"
+    return InputError(field, message)
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config`; raise InputError naming the key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise _error_line(err) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a nested dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError("--set", f"expected section.key=value, got {item!r}")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(key, f"{part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (safe loader), apply overrides, validate.
+
+    Relative paths in the file are taken relative to the file's folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config", f"{path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError("config", f"{path} is not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InputError("config", f"{path} must hold a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    config = parse_config(raw)
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: Config, base: Path) -> Config:
+    """Make relative data/output/initial paths relative to ``base``."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"path": fix(config.data.path)}),
+            "output": config.output.model_copy(update={"path": fix(config.output.path)}),
+            "initial": config.initial.model_copy(
+                update={
+                    "probe_path": fix(config.initial.probe_path),
+                    "previous": fix(config.initial.previous),
+                }
+            ),
+        }
+    )

@@ -1,0 +1,47 @@
+"""Readers and writers of measured scans, one module per format, and checks of their frames.
+
+:func:`load_scan` picks the reader from the file itself (the HDF5 signature) or its suffix;
+CXI (:mod:`ptychograph.io.cxi`) is the one format so far.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+
+from ptychograph.errors import InputError
+from ptychograph.io.cxi import read_cxi, write_cxi
+from ptychograph.io.validate import validate_frames
+from ptychograph.scan import Scan
+
+__all__ = ["load_scan", "read_cxi", "validate_frames", "write_cxi"]
+
+#: Suffixes read as CXI even when the file lacks the HDF5 signature (to report it unreadable).
+HDF5_SUFFIXES = (".cxi", ".h5", ".hdf5")
+
+
+def load_scan(path: str | os.PathLike[str]) -> Scan:
+    """Read the scan in ``path`` with the reader for its format.
+
+    Returns a :class:`Scan`: frames (N, H, W) float32, positions (N, 2) (y, x) metres.
+    Raises InputError("data.path", ...) when the file is missing, unreadable or of an unknown
+    format, and InputError naming the dataset when its content is wrong.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise InputError("data.path", f"{file} does not exist")
+    if not file.is_file():
+        raise InputError("data.path", f"{file} is not a file")
+    try:
+        is_hdf5 = h5py.is_hdf5(file)
+    except OSError as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError("data.path", f"{file} cannot be opened ({reason})") from exc
+    if is_hdf5 or file.suffix.lower() in HDF5_SUFFIXES:
+        return read_cxi(file)
+    raise InputError(
+        "data.path",
+        f"{file} has an unknown format (expected an HDF5/CXI file: {', '.join(HDF5_SUFFIXES)})",
+    )

@@ -1,0 +1,179 @@
+"""Linear operators of the multi-mode forward model (DESIGN.md, Dong et al. eqs. 1-2).
+
+Each operator is a pure function over arrays with its adjoint beside it, so that the
+inner-product identity ``<A x, y> = <x, A^H y>`` can be (and is) tested:
+
+* :func:`extract_views` / :func:`insert_views` - integer-pixel view extraction E_j from the
+  object and its adjoint, insertion by addition.
+* :func:`shift_modes` / :func:`unshift_modes` - the unitary sub-pixel Fourier shift S_j of the
+  probe to the fractional part of view j's position, and its inverse (= adjoint).
+* :func:`ptychograph.backend.fft2c` / :func:`~ptychograph.backend.ifft2c` - far-field
+  propagation F and F^H.
+
+Sub-pixel positions: the top-left corner of view j in object pixels, ``origin_j``, is split into
+an integer part (used by E_j) and a fractional part ``frac_j`` in [0, 1), by which the probe is
+shifted with a Fourier phase ramp. The exit wave of view j (eq. 2) is therefore
+
+    phi_j^(k,l) = (S_j P^(k)) * (E_j O^(l)),
+
+which is exact for integer positions (S_j is then the identity).
+
+Shapes use the dimension names of the output Dataset: ``frame`` (N), ``probe_mode`` (M_P),
+``obj_mode`` (M_O), ``py``/``px`` (frame pixels H, W) and ``y``/``x`` (object pixels Y, X).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ptychograph.backend import Array, fft2, get_array_module, ifft2
+
+
+def split_origins(origins: Array) -> tuple[Array, Array]:
+    """Split view origins into integer corners and fractional shifts.
+
+    origins : (N, 2) float, (row, column) of each view's top-left corner in object pixels.
+    Returns ``(corners, frac)``: (N, 2) int64 and (N, 2) float in [0, 1).
+    """
+    xp = get_array_module(origins)
+    corners = xp.floor(origins)
+    frac = origins - corners
+    return corners.astype(xp.int64), frac
+
+
+def phase_ramps(frac: Array, shape: tuple[int, int], dtype: Any) -> tuple[Array, Array] | None:
+    """Separable Fourier phase ramps that shift a frame by ``frac`` pixels.
+
+    frac : (N, 2) float, (row, column) shifts. Returns ``(ramp_y, ramp_x)`` with shapes
+    (N, H, 1) and (N, 1, W) in ``dtype`` (complex), or ``None`` when every shift is zero.
+    The ramp for frequency q (cycles / pixel, unshifted FFT order) is exp(-2 pi i q frac).
+    """
+    xp = get_array_module(frac)
+    if not bool(xp.any(frac != 0)):
+        return None
+    height, width = shape
+    qy = xp.fft.fftfreq(height).astype(frac.dtype)
+    qx = xp.fft.fftfreq(width).astype(frac.dtype)
+    ramp_y = xp.exp(-2j * np.pi * frac[:, 0:1] * qy[None, :]).astype(dtype)
+    ramp_x = xp.exp(-2j * np.pi * frac[:, 1:2] * qx[None, :]).astype(dtype)
+    return ramp_y[:, :, None], ramp_x[:, None, :]
+
+
+def shift_modes(modes: Array, ramps: tuple[Array, Array] | None) -> Array:
+    """S_j: shift every mode by each view's fractional offset.
+
+    modes : (M, H, W) complex (e.g. the probe). ramps : from :func:`phase_ramps` for N views.
+    Returns (N, M, H, W) complex, ``out[j, k](r) = modes[k](r - frac_j)`` (periodic), or a
+    broadcast view of shape (1, M, H, W) when ``ramps`` is None (integer positions).
+    """
+    if ramps is None:
+        return modes[None]
+    ramp_y, ramp_x = ramps
+    spectrum = fft2(modes)
+    return ifft2(spectrum[None] * ramp_y[:, None] * ramp_x[:, None])
+
+
+def unshift_modes(waves: Array, ramps: tuple[Array, Array] | None) -> Array:
+    """S_j^H (= S_j^-1): undo each view's fractional shift.
+
+    waves : (N, M, H, W) complex. Returns (N, M, H, W) complex (``waves`` itself when
+    ``ramps`` is None).
+    """
+    if ramps is None:
+        return waves
+    xp = get_array_module(waves)
+    ramp_y, ramp_x = ramps
+    return ifft2(fft2(waves) * xp.conj(ramp_y[:, None]) * xp.conj(ramp_x[:, None]))
+
+
+def sum_unshifted(waves: Array, ramps: tuple[Array, Array] | None) -> Array:
+    """sum_j S_j^H waves_j, with one inverse FFT in total (S_j^H is linear).
+
+    waves : (N, M, H, W) complex. Returns (M, H, W) complex.
+    """
+    if ramps is None:
+        return waves.sum(axis=0)
+    xp = get_array_module(waves)
+    ramp_y, ramp_x = ramps
+    spectrum = fft2(waves)
+    spectrum *= xp.conj(ramp_y[:, None])
+    spectrum *= xp.conj(ramp_x[:, None])
+    return ifft2(spectrum.sum(axis=0))
+
+
+def extract_views(obj: Array, corners: Array, shape: tuple[int, int]) -> Array:
+    """E_j: cut each view's window out of the object.
+
+    obj : (M_O, Y, X) complex. corners : (N, 2) int, top-left (row, column) of each view.
+    Returns (N, M_O, H, W), a new array.
+    """
+    xp = get_array_module(obj)
+    height, width = shape
+    windows = xp.lib.stride_tricks.sliding_window_view(obj, (height, width), axis=(-2, -1))
+    views = windows[:, corners[:, 0], corners[:, 1]]  # (M_O, N, H, W)
+    return xp.ascontiguousarray(xp.moveaxis(views, 0, 1))
+
+
+def _flat_indices(corners: Array, shape: tuple[int, int], obj_shape: tuple[int, int]) -> Array:
+    """(N, H, W) flat indices into a (Y, X) object of every pixel of every view."""
+    xp = get_array_module(corners)
+    height, width = shape
+    rows = corners[:, 0, None, None] + xp.arange(height)[None, :, None]
+    cols = corners[:, 1, None, None] + xp.arange(width)[None, None, :]
+    return rows * obj_shape[1] + cols
+
+
+def insert_views(
+    views: Array, corners: Array, obj_shape: tuple[int, int], indices: Array | None = None
+) -> Array:
+    """E_j^H summed over views: add every view into an object-sized array.
+
+    views : (N, M, H, W) real or complex. corners : (N, 2) int. obj_shape : (Y, X).
+    indices : optional precomputed :func:`_flat_indices` (N, H, W).
+    Returns (M, Y, X) with the dtype of ``views``; overlapping views add up.
+    """
+    xp = get_array_module(views)
+    n_views, n_modes, height, width = views.shape
+    size = obj_shape[0] * obj_shape[1]
+    if indices is None:
+        indices = _flat_indices(corners, (height, width), obj_shape)
+    flat = indices.reshape(-1)
+    out = xp.zeros((n_modes, size), dtype=views.dtype)
+    for mode in range(n_modes):
+        values = views[:, mode].reshape(-1)
+        if xp is np:
+            if np.iscomplexobj(values):
+                real = np.bincount(flat, weights=values.real, minlength=size)
+                imag = np.bincount(flat, weights=values.imag, minlength=size)
+                out[mode] = real + 1j * imag
+            else:
+                out[mode] = np.bincount(flat, weights=values, minlength=size)
+        else:  # pragma: no cover - exercised on GPU machines
+            import cupyx
+
+            cupyx.scatter_add(out[mode], flat, values)
+    return out.reshape(n_modes, *obj_shape)
+
+
+def exit_waves(probe_views: Array, obj_views: Array) -> Array:
+    """Eq. 2: phi_j^(k,l) = (S_j P^(k)) (E_j O^(l)) for every probe/object mode pair.
+
+    probe_views : (N or 1, M_P, H, W); obj_views : (N, M_O, H, W).
+    Returns (N, M_P, M_O, H, W).
+    """
+    return probe_views[:, :, None] * obj_views[:, None, :]
+
+
+def far_field_intensity(waves: Array) -> Array:
+    """Eq. 1: I_j(q) = sum_{k,l} |F psi_j^(k,l)(q)|^2.
+
+    waves : (N, M_P, M_O, H, W) complex. Returns (N, H, W) real.
+    """
+    from ptychograph.backend import fft2c
+
+    xp = get_array_module(waves)
+    spectrum = fft2c(waves)
+    power = spectrum.real**2 + spectrum.imag**2
+    return xp.sum(power, axis=(1, 2))

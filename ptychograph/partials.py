@@ -1,0 +1,76 @@
+"""Partial sums of a reduction as small typed values with an associative combine.
+
+The overlap constraint (DESIGN.md eqs. 5-6) and the Fourier error (step 5) are ratios of sums
+over views. Every chunk of views yields a partial value; partials are combined with ``+`` in any
+order or tree shape and divided once at the end, which is what a tree reduction across Dask
+workers needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ptychograph.backend import Array, get_array_module
+
+
+@dataclass(frozen=True)
+class OverlapPartials:
+    """Numerator and denominator of a probe (eq. 5) or object (eq. 6) update.
+
+    numerator : (modes, ...) complex - e.g. (M_O, Y, X) for the object.
+    denominator : (...) real - shared by all modes, e.g. (Y, X).
+    """
+
+    numerator: Array
+    denominator: Array
+
+    def __add__(self, other: OverlapPartials) -> OverlapPartials:
+        return OverlapPartials(
+            self.numerator + other.numerator, self.denominator + other.denominator
+        )
+
+    def to_numpy(self) -> OverlapPartials:
+        """Host copies (a no-op for NumPy arrays)."""
+        return OverlapPartials(_host(self.numerator), _host(self.denominator))
+
+
+@dataclass(frozen=True)
+class FourierError:
+    """Terms of the Fourier error sum_j sum_q (sqrt(I) - |F psi|)^2 / sum_j sum_q I.
+
+    Both are Python floats over the good (unmasked) detector pixels of the views seen so far.
+    """
+
+    residual: float
+    total: float
+
+    def __add__(self, other: FourierError) -> FourierError:
+        return FourierError(self.residual + other.residual, self.total + other.total)
+
+    @property
+    def value(self) -> float:
+        """The normalised error; 0 when no counts were seen."""
+        return self.residual / self.total if self.total > 0 else 0.0
+
+
+def regularised_divide(partials: OverlapPartials, previous: Array, alpha: float) -> Array:
+    """Divide a summed update once, finite where nothing was illuminated.
+
+    new = (numerator + eps * previous) / (denominator + eps),  eps = alpha * max(denominator).
+
+    Where the denominator is large this is the plain ratio of eqs. 5-6; where it vanishes the
+    estimate keeps its previous value instead of blowing up.
+    numerator, previous : (modes, ...) complex; denominator : (...) real.
+    """
+    xp = get_array_module(partials.numerator)
+    eps = alpha * float(xp.max(partials.denominator))
+    if eps <= 0:
+        eps = 1e-30
+    den = partials.denominator + eps
+    return ((partials.numerator + eps * previous) / den[None]).astype(previous.dtype)
+
+
+def _host(array: Array) -> Array:
+    if hasattr(array, "get"):
+        return array.get()
+    return array

@@ -1,0 +1,101 @@
+"""Figures: the summary of a result (object, probe modes, error curves)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+
+def summary_figure(ds: xr.Dataset, path: Path) -> None:
+    """PNG with object phase and amplitude (scale bar in metres), every probe mode with its
+    power share, and the error curves on a log axis. Written beside-then-renamed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    obj = np.asarray(ds["object"].values[0])
+    probe = np.asarray(ds["probe"].values)
+    shares = np.asarray(ds["probe_mode_power"].values)
+    n_modes = probe.shape[0]
+    cols = max(3, n_modes)
+    fig = Figure(figsize=(4 * cols, 11), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(3, cols)
+    pixel = float(ds["x"].values[1] - ds["x"].values[0]) if ds.sizes["x"] > 1 else 1.0
+    weight = np.abs(obj)
+    _image(fig.add_subplot(grid[0, : cols // 2 + cols % 2]),
+           np.angle(obj * np.exp(-1j * np.angle(np.sum(obj)))), "object phase (rad)", pixel)
+    _image(fig.add_subplot(grid[0, cols // 2 + cols % 2 :]), weight, "object amplitude", pixel)
+    for k in range(n_modes):
+        ax = fig.add_subplot(grid[1, k])
+        _image(ax, np.abs(probe[k]), f"probe mode {k}: {100 * shares[k]:.1f} %", pixel)
+    ax = fig.add_subplot(grid[2, :])
+    iteration = ds["iteration"].values
+    for name in ("fourier_error", "probe_change", "object_change"):
+        values = np.asarray(ds[name].values)
+        if values.size and np.any(values > 0):
+            ax.semilogy(iteration, np.where(values > 0, values, np.nan), label=name)
+    ax.set_xlabel("iteration")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    tmp = path.parent / f".{path.name}.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    tmp.replace(path)
+
+
+def _image(ax, image: np.ndarray, title: str, pixel: float) -> None:  # type: ignore[no-untyped-def]
+    shown = ax.imshow(image, cmap="gray" if "amplitude" in title else "twilight")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.figure.colorbar(shown, ax=ax, shrink=0.8)
+    _scale_bar(ax, image.shape, pixel)
+
+
+def _scale_bar(ax, shape: tuple[int, ...], pixel: float) -> None:  # type: ignore[no-untyped-def]
+    """A bar of a round length near a fifth of the image width, labelled in m/um/nm."""
+    width_m = shape[1] * pixel
+    target = width_m / 5
+    exponent = np.floor(np.log10(target))
+    length = float(np.round(target / 10**exponent) * 10**exponent)
+    label = _length_label(length)
+    bar_px = length / pixel
+    y = shape[0] * 0.93
+    x0 = shape[1] * 0.05
+    ax.plot([x0, x0 + bar_px], [y, y], color="yellow", linewidth=3)
+    ax.text(x0, y - shape[0] * 0.03, label, color="yellow", fontsize=9)
+
+
+def _length_label(length: float) -> str:
+    for unit, scale in (("mm", 1e-3), ("um", 1e-6), ("nm", 1e-9)):
+        if length >= scale:
+            return f"{length / scale:g} {unit}"
+    return f"{length / 1e-12:g} pm"
+
+
+def truth_comparison(obj: np.ndarray, truth: np.ndarray, path: Path) -> None:
+    """Side-by-side phase and amplitude of a reconstruction and the true object (1st modes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    recon = np.asarray(obj[0])
+    true = np.asarray(truth[0])
+    recon = recon * np.exp(-1j * np.angle(np.vdot(recon, true)))
+    fig = Figure(figsize=(10, 9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    pairs = [
+        (np.angle(recon), "reconstructed phase"),
+        (np.angle(true), "true phase"),
+        (np.abs(recon), "reconstructed amplitude"),
+        (np.abs(true), "true amplitude"),
+    ]
+    for ax, (image, title) in zip(axes.ravel(), pairs, strict=True):
+        ax.imshow(image, cmap="gray")
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    tmp = path.parent / f".{path.name}.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    tmp.replace(path)

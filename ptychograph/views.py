@@ -1,0 +1,184 @@
+"""Per-chunk work of one DM iteration: exit-wave update and overlap partial sums.
+
+A :class:`ViewChunk` holds everything that stays with a set of views between iterations - the
+measured amplitudes, the view positions and the exit waves psi. The functions here are what a
+worker runs on its resident chunk; they return only small values (error terms and
+:class:`~ptychograph.partials.OverlapPartials`), never psi. Views are processed in batches so
+that scratch memory stays a small multiple of one batch.
+
+Equations: DESIGN.md steps 1-4 (Dong et al., arXiv:1808.10375, eqs. 2-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ptychograph.backend import Array, get_array_module
+from ptychograph.fourier import dm_exit_wave_update
+from ptychograph.operators import (
+    exit_waves,
+    extract_views,
+    insert_views,
+    phase_ramps,
+    shift_modes,
+    sum_unshifted,
+)
+from ptychograph.partials import FourierError, OverlapPartials
+
+
+@dataclass
+class ViewChunk:
+    """The resident state of a contiguous set of views.
+
+    amplitudes : (N, H, W) real, sqrt of the measured intensities.
+    good : (H, W) bool, False at bad detector pixels, or None.
+    corners : (N, 2) int64, integer (row, column) of each view's top-left corner.
+    frac : (N, 2) real, sub-pixel part of each view's position, in [0, 1).
+    exit_waves : (N, M_P, M_O, H, W) complex, psi.
+    """
+
+    amplitudes: Array
+    good: Array | None
+    corners: Array
+    frac: Array
+    exit_waves: Array
+
+    @property
+    def n_views(self) -> int:
+        return int(self.amplitudes.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return int(self.amplitudes.shape[1]), int(self.amplitudes.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this chunk (amplitudes, positions and exit waves)."""
+        total = self.amplitudes.nbytes + self.corners.nbytes + self.frac.nbytes
+        total += self.exit_waves.nbytes
+        return int(total + (self.good.nbytes if self.good is not None else 0))
+
+
+def _batches(n_views: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n_views, batch_size):
+        yield slice(start, min(start + batch_size, n_views))
+
+
+def current_views(chunk: ViewChunk, sl: slice, probe: Array, obj: Array) -> Array:
+    """phi for the views ``sl`` of a chunk: (n, M_P, M_O, H, W) complex (eq. 2)."""
+    ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
+    probe_views = shift_modes(probe, ramps)
+    obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
+    return exit_waves(probe_views, obj_views)
+
+
+def make_chunk(
+    amplitudes: Array,
+    good: Array | None,
+    origins: Array,
+    probe: Array,
+    obj: Array,
+    batch_size: int = 64,
+) -> ViewChunk:
+    """Build a chunk whose exit waves start at the current views, psi = phi = P O.
+
+    amplitudes : (N, H, W) real; origins : (N, 2) float view corners in object pixels;
+    probe : (M_P, H, W); obj : (M_O, Y, X). The exit waves take the probe's dtype.
+    """
+    xp = get_array_module(amplitudes, probe)
+    corners = xp.floor(origins).astype(xp.int64)
+    frac = (origins - corners).astype(amplitudes.dtype)
+    n_views = amplitudes.shape[0]
+    psi = xp.empty((n_views, probe.shape[0], obj.shape[0], *amplitudes.shape[1:]), probe.dtype)
+    chunk = ViewChunk(amplitudes, good, corners, frac, psi)
+    for sl in _batches(n_views, batch_size):
+        psi[sl] = current_views(chunk, sl, probe, obj)
+    return chunk
+
+
+def rotate_modes(waves: Array, rotation: Array) -> Array:
+    """Apply a probe-mode rotation to exit waves: psi'^(k) = sum_m R[k, m] psi^(m).
+
+    waves : (n, M_P, M_O, H, W); rotation : (M_P, M_P). Returns a new array.
+    """
+    xp = get_array_module(waves)
+    rotated = xp.tensordot(rotation.astype(waves.dtype), waves, axes=([1], [1]))
+    return xp.ascontiguousarray(xp.moveaxis(rotated, 0, 1))
+
+
+def view_update(
+    chunk: ViewChunk,
+    probe: Array,
+    obj: Array,
+    beta: float,
+    batch_size: int = 64,
+    rotation: Array | None = None,
+    noise_bound: float = 0.0,
+) -> FourierError:
+    """One DM exit-wave update (eqs. 3-4) of every view in the chunk, in place.
+
+    probe : (M_P, H, W), obj : (M_O, Y, X), the current estimates. rotation : optional
+    (M_P, M_P) probe-mode rotation that was applied to the probe since the last update; it is
+    applied to psi first so that psi stays consistent with the orthogonalised modes.
+    noise_bound : Fourier-constraint relaxation (:func:`~ptychograph.fourier.modulus_constraint`).
+    Returns the chunk's Fourier error terms.
+    """
+    error = FourierError(0.0, 0.0)
+    for sl in _batches(chunk.n_views, batch_size):
+        if rotation is not None:
+            chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
+        views = current_views(chunk, sl, probe, obj)
+        error = error + dm_exit_wave_update(
+            chunk.exit_waves[sl], views, chunk.amplitudes[sl], chunk.good, beta, noise_bound
+        )
+    return error
+
+
+def object_partials(
+    chunk: ViewChunk, probe: Array, obj_shape: tuple[int, int], batch_size: int = 64
+) -> OverlapPartials:
+    """Eq. 6 partial sums over the chunk's views.
+
+    numerator[l] = sum_{k,j} E_j^H( conj(S_j P^(k)) psi_j^(k,l) )  : (M_O, Y, X) complex
+    denominator  = sum_{k,j} E_j^H( |S_j P^(k)|^2 )                 : (Y, X) real
+    """
+    xp = get_array_module(probe)
+    n_obj_modes = chunk.exit_waves.shape[2]
+    numerator = xp.zeros((n_obj_modes, *obj_shape), dtype=probe.dtype)
+    denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
+    for sl in _batches(chunk.n_views, batch_size):
+        ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
+        probe_views = shift_modes(probe, ramps)  # (n or 1, M_P, H, W)
+        psi = chunk.exit_waves[sl]
+        num_views = xp.sum(xp.conj(probe_views)[:, :, None] * psi, axis=1)  # (n, M_O, H, W)
+        power = xp.sum(probe_views.real**2 + probe_views.imag**2, axis=1)  # (n or 1, H, W)
+        power = xp.broadcast_to(power, (psi.shape[0], *power.shape[1:]))
+        corners = chunk.corners[sl]
+        numerator += insert_views(num_views, corners, obj_shape)
+        denominator += insert_views(power[:, None], corners, obj_shape)[0]
+    return OverlapPartials(numerator, denominator)
+
+
+def probe_partials(chunk: ViewChunk, obj: Array, batch_size: int = 64) -> OverlapPartials:
+    """Eq. 5 partial sums over the chunk's views.
+
+    numerator[k] = sum_{l,j} S_j^H( conj(E_j O^(l)) psi_j^(k,l) )  : (M_P, H, W) complex
+    denominator  = sum_{l,j} |E_j O^(l)|^2                          : (H, W) real
+
+    The denominator is not sub-pixel shifted (it is a smooth sum over many views); for integer
+    positions both are exactly eq. 5.
+    """
+    xp = get_array_module(obj)
+    n_probe_modes = chunk.exit_waves.shape[1]
+    height, width = chunk.frame_shape
+    numerator = xp.zeros((n_probe_modes, height, width), dtype=obj.dtype)
+    denominator = xp.zeros((height, width), dtype=chunk.amplitudes.dtype)
+    for sl in _batches(chunk.n_views, batch_size):
+        obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)  # (n, M_O, H, W)
+        psi = chunk.exit_waves[sl]
+        num_views = xp.sum(xp.conj(obj_views)[:, None] * psi, axis=2)  # (n, M_P, H, W)
+        ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, obj.dtype)
+        numerator += sum_unshifted(num_views, ramps)
+        denominator += xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1))
+    return OverlapPartials(numerator, denominator)
