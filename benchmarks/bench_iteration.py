@@ -255,7 +255,9 @@ def command_line() -> str:
     return shlex.join([python, *sys.argv])
 
 
-def render_section(timings: list[Timing], args: argparse.Namespace, wall_s: float) -> str:
+def render_section(
+    timings: list[Timing], args: argparse.Namespace, wall_s: float, load: tuple[float, float]
+) -> str:
     """The markdown of this script's RESULTS.md section, header included."""
     rows = [
         "| config | plain s/iter | ptychograph s/iter | speed-up | max rel diff (probe / obj) |",
@@ -276,7 +278,9 @@ def render_section(timings: list[Timing], args: argparse.Namespace, wall_s: floa
         f"Machine: nproc = {cores}, CPU = {cpu_model()}  ",
         f"Versions: Python {platform.python_version()}, numpy {np.__version__}, "
         f"scipy {scipy.__version__}; ptychograph FFT workers = {fft_workers()}  ",
-        f"Whole benchmark: {wall_s:.0f} s wall",
+        f"Whole benchmark: {wall_s:.0f} s wall; 1-minute load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after (other jobs on the machine slow both, and steal ptychograph's "
+        "second FFT thread)",
         "",
         f"One iteration = exit-wave update (eqs. 3-4) + {args.overlap_passes} overlap pass(es) "
         f"(eqs. 5-6); beta = {args.beta}, alpha = {args.alpha}, batch size {args.batch}. "
@@ -335,6 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     begin = time.perf_counter()
     timings = []
     for config in args.config:
@@ -345,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             f"x{timing.plain_s / timing.fast_s:.2f}, max rel diff {timing.max_diff:.1e}",
             flush=True,
         )
-    section = render_section(timings, args, time.perf_counter() - begin)
+    wall_s = time.perf_counter() - begin
+    section = render_section(timings, args, wall_s, (load_before, os.getloadavg()[0]))
     print("\n" + section)
     if not args.no_write:
         write_section(args.results, section)

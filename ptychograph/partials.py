@@ -70,6 +70,19 @@ def regularised_divide(partials: OverlapPartials, previous: Array, alpha: float)
     return ((partials.numerator + eps * previous) / den[None]).astype(previous.dtype)
 
 
+def regularised_step(partials: OverlapPartials, previous: Array, alpha: float) -> Array:
+    """A preconditioned step from residual-form partials: previous + numerator / (den + eps).
+
+    eps = alpha * max(denominator). With numerator = b - den * previous this equals
+    :func:`regularised_divide` of (b, den), i.e. eqs. 5-6 for integer positions.
+    numerator, previous : (modes, ...) complex; denominator : (...) real.
+    """
+    xp = get_array_module(partials.numerator)
+    eps = max(alpha * float(xp.max(partials.denominator)), 1e-30)
+    step = partials.numerator / (partials.denominator + eps)[None]
+    return (previous + step).astype(previous.dtype)
+
+
 def _host(array: Array) -> Array:
     if hasattr(array, "get"):
         return array.get()

@@ -45,7 +45,9 @@ def summary_figure(ds: xr.Dataset, path: Path) -> None:
 
 
 def _image(ax, image: np.ndarray, title: str, pixel: float) -> None:  # type: ignore[no-untyped-def]
-    shown = ax.imshow(image, cmap="gray" if "amplitude" in title else "twilight")
+    low, high = _limits(image)
+    cmap = "gray" if "amplitude" in title else "twilight"
+    shown = ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -92,10 +94,17 @@ def truth_comparison(obj: np.ndarray, truth: np.ndarray, path: Path) -> None:
         (np.abs(true), "true amplitude"),
     ]
     for ax, (image, title) in zip(axes.ravel(), pairs, strict=True):
-        ax.imshow(image, cmap="gray")
+        low, high = _limits(image)
+        ax.imshow(image, cmap="gray", vmin=low, vmax=high)
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
     tmp = path.parent / f".{path.name}.tmp.png"
     fig.savefig(tmp, dpi=80)
     tmp.replace(path)
+
+
+def _limits(image: np.ndarray) -> tuple[float, float]:
+    """Display range from the 1st to the 99th percentile (robust to noisy scan edges)."""
+    low, high = np.percentile(image, [1, 99])
+    return float(low), float(high) if high > low else float(low) + 1e-12

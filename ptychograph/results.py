@@ -70,13 +70,14 @@ def result_dataset(result: Result) -> xr.Dataset:
         "obj_mode": np.arange(obj.shape[0]),
         "probe_mode": np.arange(probe.shape[0]),
         "iteration": iterations,
-        "axis": ["row", "column"],
     }
     ds = xr.Dataset(data, coords=coords)
     for name in ("y", "x", "py", "px"):
         ds[name].attrs["units"] = "m"
     ds["position"].attrs["units"] = "m"
     ds["view_origin"].attrs["units"] = "object pixels"
+    for name in ("view_origin", "position"):
+        ds[name].attrs["axis"] = "axis 0 = row (y), axis 1 = column (x)"
     ds.attrs["config"] = json.loads(result.config.model_dump_json())
     ds.attrs["geometry"] = geometry.as_dict()
     ds.attrs["ptychograph_version"] = __version__

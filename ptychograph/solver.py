@@ -27,7 +27,12 @@ import numpy as np
 
 from ptychograph.backend import Array
 from ptychograph.modes import orthogonalise
-from ptychograph.partials import FourierError, OverlapPartials, regularised_divide
+from ptychograph.partials import (
+    FourierError,
+    OverlapPartials,
+    regularised_divide,
+    regularised_step,
+)
 from ptychograph.state import History, State, relative_change
 from ptychograph.views import ViewChunk, object_partials, probe_partials, view_update
 
@@ -55,7 +60,7 @@ class Executor(Protocol):
 
     def object_partials(self, probe: Array, obj_shape: tuple[int, int]) -> OverlapPartials: ...
 
-    def probe_partials(self, obj: Array) -> OverlapPartials: ...
+    def probe_partials(self, obj: Array, probe: Array) -> OverlapPartials: ...
 
 
 class LocalExecutor:
@@ -77,8 +82,8 @@ class LocalExecutor:
     def object_partials(self, probe: Array, obj_shape: tuple[int, int]) -> OverlapPartials:
         return tree_sum([object_partials(c, probe, obj_shape, self.batch_size) for c in self.chunks])
 
-    def probe_partials(self, obj: Array) -> OverlapPartials:
-        return tree_sum([probe_partials(c, obj, self.batch_size) for c in self.chunks])
+    def probe_partials(self, obj: Array, probe: Array) -> OverlapPartials:
+        return tree_sum([probe_partials(c, obj, probe, self.batch_size) for c in self.chunks])
 
 
 def tree_sum(parts: Sequence):  # type: ignore[no-untyped-def]
@@ -122,8 +127,8 @@ def run_dm(
                 executor.object_partials(probe, obj.shape[1:]), obj, settings.regularisation
             )
             if iteration >= settings.probe_update_start:
-                probe = regularised_divide(
-                    executor.probe_partials(obj), probe, settings.regularisation
+                probe = regularised_step(
+                    executor.probe_partials(obj, probe), probe, settings.regularisation
                 )
         rotation = None
         if settings.orthogonalise_probe and probe.shape[0] > 1:

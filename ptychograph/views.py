@@ -160,14 +160,18 @@ def object_partials(
     return OverlapPartials(numerator, denominator)
 
 
-def probe_partials(chunk: ViewChunk, obj: Array, batch_size: int = 64) -> OverlapPartials:
-    """Eq. 5 partial sums over the chunk's views.
+def probe_partials(
+    chunk: ViewChunk, obj: Array, probe: Array, batch_size: int = 64
+) -> OverlapPartials:
+    """Eq. 5 partial sums over the chunk's views, in residual form.
 
-    numerator[k] = sum_{l,j} S_j^H( conj(E_j O^(l)) psi_j^(k,l) )  : (M_P, H, W) complex
-    denominator  = sum_{l,j} |E_j O^(l)|^2                          : (H, W) real
-
-    The denominator is not sub-pixel shifted (it is a smooth sum over many views); for integer
-    positions both are exactly eq. 5.
+    numerator[k] = sum_{l,j} S_j^H( conj(O_j^(l)) (psi_j^(k,l) - O_j^(l) S_j P^(k)) ) : (M_P, H, W)
+    denominator  = sum_{l,j} |O_j^(l)|^2                                              : (H, W)
+    with O_j^(l) = E_j O^(l). The update is P <- P + numerator / denominator
+    (:func:`~ptychograph.partials.regularised_step`): for integer positions (S_j = 1) this is
+    exactly eq. 5, and with sub-pixel shifts it is the diagonally preconditioned least-squares
+    step whose fixed point is the exact least-squares probe (the plain ratio would be biased by
+    the shifts and lets the probe drift).
     """
     xp = get_array_module(obj)
     n_probe_modes = chunk.exit_waves.shape[1]
@@ -176,9 +180,9 @@ def probe_partials(chunk: ViewChunk, obj: Array, batch_size: int = 64) -> Overla
     denominator = xp.zeros((height, width), dtype=chunk.amplitudes.dtype)
     for sl in _batches(chunk.n_views, batch_size):
         obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)  # (n, M_O, H, W)
-        psi = chunk.exit_waves[sl]
-        num_views = xp.sum(xp.conj(obj_views)[:, None] * psi, axis=2)  # (n, M_P, H, W)
         ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, obj.dtype)
+        residual = chunk.exit_waves[sl] - exit_waves(shift_modes(probe, ramps), obj_views)
+        num_views = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
         numerator += sum_unshifted(num_views, ramps)
         denominator += xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1))
     return OverlapPartials(numerator, denominator)
