@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_dm  # noqa: E402
 
 from ptychograph.backend import fft_workers  # noqa: E402
-from ptychograph.partials import regularised_divide  # noqa: E402
+from ptychograph.partials import regularised_divide, regularised_step  # noqa: E402
 from ptychograph.views import (  # noqa: E402
     ViewChunk,
     make_chunk,
@@ -189,7 +189,7 @@ def fast_iteration(
         obj = regularised_divide(
             object_partials(chunk, probe, obj.shape[1:], batch_size), obj, alpha
         )
-        probe = regularised_divide(probe_partials(chunk, obj, batch_size), probe, alpha)
+        probe = regularised_step(probe_partials(chunk, obj, probe, batch_size), probe, alpha)
     return probe, obj
 
 
@@ -283,7 +283,9 @@ def render_section(
         "second FFT thread)",
         "",
         f"One iteration = exit-wave update (eqs. 3-4) + {args.overlap_passes} overlap pass(es) "
-        f"(eqs. 5-6); beta = {args.beta}, alpha = {args.alpha}, batch size {args.batch}. "
+        "(eqs. 5-6; object by regularised_divide, probe by the residual-form regularised_step, "
+        f"as in ptychograph.solver); beta = {args.beta}, alpha = {args.alpha}, "
+        f"batch size {args.batch}. "
         f"Median of {args.repeats} repeats after one warm-up, plain and ptychograph interleaved. "
         f"Scan: square raster, {args.overlap:.0%} linear overlap of a probe disc of diameter "
         "H/2, random sub-pixel jitter of +-10 % of the step; object modes start flat, probe "

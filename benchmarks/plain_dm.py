@@ -11,7 +11,11 @@ independently. Conventions that must match ``ptychograph``:
   object window is cut) and ``frac = origin - corner``; the probe is shifted by ``frac`` with
   the Fourier phase ramp exp(-2 pi i q frac), q = ``np.fft.fftfreq`` (unshifted order).
 * Eq. 5's denominator is not sub-pixel shifted (as in ``ptychograph.views.probe_partials``).
-* The overlap division is regularised: new = (num + eps prev) / (den + eps), eps = alpha max(den).
+* The Fourier error is that of the current model phi, before the update.
+* The object division is regularised: new = (num + eps prev) / (den + eps), eps = alpha max(den)
+  (``ptychograph.partials.regularised_divide``); the probe takes the residual-form step
+  new = prev + num / (den + eps) (``regularised_step``, as ``ptychograph.solver.run_dm`` does).
+* The noise relaxation of the modulus constraint is off (``noise_bound = 0``, plain eq. 4).
 
 Shapes: probe (M_P, H, W), obj (M_O, Y, X), amplitudes (N, H, W), origins (N, 2),
 exit waves psi (N, M_P, M_O, H, W).
@@ -158,12 +162,24 @@ def update_object(
     return regularised_divide(numerator, denominator, obj, alpha)
 
 
+def regularised_step(
+    numerator: np.ndarray, denominator: np.ndarray, previous: np.ndarray, alpha: float
+) -> np.ndarray:
+    """previous + numerator / (denominator + eps), eps = alpha max(denominator) (>= 1e-30).
+
+    numerator, previous : (modes, ...) complex; denominator : (...) real.
+    """
+    eps = max(alpha * float(np.max(denominator)), 1e-30)
+    return (previous + numerator / (denominator + eps)).astype(previous.dtype)
+
+
 def update_probe(
     psi: np.ndarray, origins: np.ndarray, probe: np.ndarray, obj: np.ndarray, alpha: float
 ) -> np.ndarray:
-    """Eq. 5: P^(k) = sum_{l,j} S_j^H(conj(E_j O^(l)) psi_j^(k,l)) / sum_{l,j} |E_j O^(l)|^2.
+    """Eq. 5 in residual form: P <- P + sum_{l,j} S_j^H(conj(O_j^l) r_j^(k,l)) / sum |O_j^l|^2.
 
-    Returns the new probe (M_P, H, W).
+    O_j^l = E_j O^(l) and r_j^(k,l) = psi_j^(k,l) - O_j^l S_j P^(k); for integer positions this
+    is exactly eq. 5. Returns the new probe (M_P, H, W).
     """
     numerator = np.zeros(probe.shape, dtype=probe.dtype)
     denominator = np.zeros(probe.shape[1:], dtype=probe.real.dtype)
@@ -172,10 +188,11 @@ def update_probe(
     for j in range(psi.shape[0]):
         row, col = corners[j]
         obj_view = obj[:, row : row + height, col : col + width]  # (M_O, H, W)
-        wave = np.sum(np.conj(obj_view)[None] * psi[j], axis=1)  # (M_P, H, W)
+        residual = psi[j] - shift_probe(probe, fracs[j])[:, None] * obj_view[None]
+        wave = np.sum(np.conj(obj_view)[None] * residual, axis=1)  # (M_P, H, W)
         numerator += unshift_wave(wave, fracs[j])
         denominator += np.sum(np.abs(obj_view) ** 2, axis=0)
-    return regularised_divide(numerator, denominator, probe, alpha)
+    return regularised_step(numerator, denominator, probe, alpha)
 
 
 def dm_iteration(

@@ -11,13 +11,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ptychograph.errors import InputError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Reject ``true``/``false`` where a number is expected (pydantic would take 1/0)."""
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return value
 
 
 class DataConfig(_Section):
@@ -104,6 +121,13 @@ class OutputConfig(_Section):
     path: Path = Field(Path("result.zarr"), description="Result Zarr store.")
     figure: bool = Field(True, description="Also write a PNG summary beside the store.")
 
+    @field_validator("path")
+    @classmethod
+    def _store_suffix(cls, path: Path) -> Path:
+        if path.suffix.lower() != ".zarr":
+            raise ValueError(f"the result store must end in .zarr, got {path.name!r}")
+        return path
+
 
 class Config(_Section):
     """A whole run: the YAML file's top level."""
@@ -115,13 +139,17 @@ class Config(_Section):
 
 
 def _error_line(err: ValidationError) -> InputError:
-    first = err.errors()[0]
+    errors = err.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    first = unknown[0] if unknown else errors[0]
     field = ".".join(str(p) for p in first["loc"]) or "config"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key (check the spelling)"
     elif first["type"] == "missing":
         message = "required key is missing"
+    elif first["type"] == "value_error":
+        message = str(first["msg"]).removeprefix("Value error, ")
     else:
         message = f"{message} (got {first.get('input')!r})"
     return InputError(field, message)
@@ -139,16 +167,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``section.key=value`` overrides (value parsed as YAML) to a nested dict."""
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        parts = key.split(".")
+        if not sep or not key or not all(parts):
             raise InputError("--set", f"expected section.key=value, got {item!r}")
         node = raw
-        parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise InputError(key, f"{part!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(key, f"value {value!r} is not valid YAML") from None
     return raw
 
 
@@ -158,10 +189,16 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
     Relative paths in the file are taken relative to the file's folder.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError("config", f"{path} does not exist")
+    if not path.is_file():
+        raise InputError("config", f"{path} is not a file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as err:
+        raise InputError("config", f"{path} is not a readable UTF-8 text file ({err})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

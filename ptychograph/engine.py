@@ -116,7 +116,7 @@ def initial_probe(scan: Scan, config: Config, rng: np.random.Generator) -> np.nd
         probe = load_probe_file(init.probe_path, frame_shape)
     else:
         assert init.previous is not None
-        probe = load_previous(init.previous, "probe")
+        probe = load_previous(init.previous, "probe", "initial.previous")
     if probe.shape[1:] != frame_shape:
         raise InputError("initial.probe", f"probe {probe.shape[1:]} != frames {frame_shape}")
     if choice != "previous":
@@ -137,7 +137,7 @@ def initial_object(
     if config.initial.object == "random":
         return random_object(shape, n_modes, rng)
     assert config.initial.previous is not None
-    obj = load_previous(config.initial.previous, "object")
+    obj = load_previous(config.initial.previous, "object", "initial.previous")
     if obj.shape[1:] != shape:
         raise InputError(
             "initial.previous", f"object {obj.shape[1:]} does not fit this scan's {shape}"
@@ -194,7 +194,7 @@ def reconstruct(
     from ptychograph.results import check_output_free, write_result
 
     if write:
-        check_output_free(config.output.path, overwrite)
+        check_output_free(config.output.path, overwrite, config.output.figure)
     problem, notes = load_problem(config)
     for note in notes:
         log.warning("%s", note)

@@ -88,7 +88,7 @@ def _random_field(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarra
 def load_probe_file(path: Path, frame_shape: tuple[int, int]) -> np.ndarray:
     """Probe from a .npy ((H, W) or (M, H, W)) or a result .zarr: (M, H, W) complex128."""
     if path.suffix == ".zarr" or path.is_dir():
-        return load_previous(path, "probe")
+        return load_previous(path, "probe", "initial.probe_path")
     if not path.is_file():
         raise InputError("initial.probe_path", f"{path} does not exist")
     try:
@@ -107,15 +107,17 @@ def load_probe_file(path: Path, frame_shape: tuple[int, int]) -> np.ndarray:
     return probe.astype(np.complex128)
 
 
-def load_previous(path: Path, name: str) -> np.ndarray:
-    """Read ``probe`` or ``object`` from an earlier result store: (M, ...) complex128."""
+def load_previous(path: Path, name: str, field: str) -> np.ndarray:
+    """Read ``probe`` or ``object`` from an earlier result store: (M, ...) complex128.
+
+    ``field`` names the config key in error messages.
+    """
     import xarray as xr
 
-    field = "initial.previous" if name == "object" else "initial.probe_path"
     if not path.exists():
         raise InputError(field, f"{path} does not exist")
     try:
-        with xr.open_zarr(path) as ds:
+        with xr.open_zarr(path, consolidated=False) as ds:
             values = np.asarray(ds[name].values)
     except (OSError, KeyError, ValueError) as err:
         raise InputError(field, f"{path} is not a ptychograph result ({err})") from None

@@ -39,9 +39,7 @@ def summary_figure(ds: xr.Dataset, path: Path) -> None:
     ax.set_xlabel("iteration")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    tmp = path.parent / f".{path.name}.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def _image(ax, image: np.ndarray, title: str, pixel: float) -> None:  # type: ignore[no-untyped-def]
@@ -99,12 +97,20 @@ def truth_comparison(obj: np.ndarray, truth: np.ndarray, path: Path) -> None:
         ax.set_title(title)
         ax.set_xticks([])
         ax.set_yticks([])
-    tmp = path.parent / f".{path.name}.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def _limits(image: np.ndarray) -> tuple[float, float]:
     """Display range from the 1st to the 99th percentile (robust to noisy scan edges)."""
     low, high = np.percentile(image, [1, 99])
     return float(low), float(high) if high > low else float(low) + 1e-12
+
+
+def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Save beside, then rename; never leaves a temporary file behind."""
+    tmp = path.parent / f".{path.name}.tmp.png"
+    try:
+        fig.savefig(tmp, dpi=80)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

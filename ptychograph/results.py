@@ -34,10 +34,12 @@ if TYPE_CHECKING:
     from ptychograph.engine import Result
 
 
-def check_output_free(path: Path, overwrite: bool) -> None:
-    """Refuse early when ``path`` exists and ``overwrite`` is not set."""
-    if path.exists() and not overwrite:
-        raise InputError("output.path", f"{path} exists; pass --overwrite to replace it")
+def check_output_free(path: Path, overwrite: bool, figure: bool = True) -> None:
+    """Refuse early when ``path`` (or its figure) exists and ``overwrite`` is not set."""
+    targets = [path, figure_path(path)] if figure else [path]
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise InputError("output.path", f"{target} exists; pass --overwrite to replace it")
     if not path.parent.exists():
         raise InputError("output.path", f"folder {path.parent} does not exist")
 
@@ -87,7 +89,7 @@ def result_dataset(result: Result) -> xr.Dataset:
 
 def write_result(result: Result, path: Path, overwrite: bool = False) -> None:
     """Write the Dataset to ``path`` (Zarr) and, if configured, ``path`` with .png, atomically."""
-    check_output_free(path, overwrite)
+    check_output_free(path, overwrite, result.config.output.figure)
     ds = result_dataset(result)
     write_dataset_atomic(ds, path)
     if result.config.output.figure:

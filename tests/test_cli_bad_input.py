@@ -271,16 +271,11 @@ CASES = [
         with_args("--set", "reconstruction.beta=["),
         ("reconstruction.beta",),
         id="set-value-not-yaml",
-        marks=bug("YAMLError escapes config.apply_overrides; catch it, raise InputError(key)"),
     ),
     pytest.param(
         with_args("--set", ".beta=0.5"),
         ("--set", ".beta"),
         id="set-empty-section",
-        marks=bug(
-            "'--set .beta=1' reports 'config: unknown key' without naming the key; "
-            "apply_overrides should reject empty key segments as --set syntax errors"
-        ),
     ),
     pytest.param(
         with_text("data:\n  path: scan.cxi\nreconstruction:\n  iterations: [2\n"),
@@ -300,35 +295,22 @@ CASES = [
         probe_previous_missing,
         ("initial.previous", "does not exist"),
         id="probe-previous-missing",
-        marks=bug(
-            "engine.initial_probe -> initial.load_previous(path, 'probe') names "
-            "initial.probe_path although the key is initial.previous"
-        ),
     ),
     pytest.param(nested_output, ("output.path", "does not exist"), id="output-folder-missing"),
     pytest.param(
         with_config(output={"path": "out/result.png"}),
         ("output.path", "png"),
         id="output-path-is-figure-path",
-        marks=bug(
-            "output.path ending in .png makes the store and figure the same path: "
-            "IsADirectoryError traceback, store and .result.png.tmp.png left behind"
-        ),
     ),
     pytest.param(
         existing_png,
         ("output", "result.png", "--overwrite"),
         id="existing-figure",
-        marks=bug(
-            "results.check_output_free checks only the store; an existing result.png "
-            "is overwritten without --overwrite"
-        ),
     ),
     pytest.param(
         not_utf8,
         ("config",),
         id="config-not-utf8",
-        marks=bug("UnicodeDecodeError escapes config.load_config (path.read_text())"),
     ),
 ]
 

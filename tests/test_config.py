@@ -181,11 +181,6 @@ def test_section_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
     assert "dictionary" in err.problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: pydantic lax mode turns YAML `true` into iterations=1 "
-    "(config.py _Section: use strict ints/bools, e.g. Field(strict=True) or StrictInt)",
-)
 def test_bool_is_not_an_integer(tmp_path: Path) -> None:
     err = load_error(config_with(tmp_path, "reconstruction", "iterations", "true"))
     assert err.field == "reconstruction.iterations"
@@ -276,11 +271,6 @@ def test_override_below_a_value_is_refused(tmp_path: Path) -> None:
     assert "not a section" in err.problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: yaml.YAMLError from a --set value escapes apply_overrides "
-    "(config.py apply_overrides: catch yaml.YAMLError around yaml.safe_load(value))",
-)
 def test_override_value_that_is_not_yaml(tmp_path: Path) -> None:
     err = load_error(dump(tmp_path, "data:\n  path: scan.cxi\n"), ["reconstruction.beta=["])
     assert "reconstruction.beta" in str(err)
@@ -377,11 +367,6 @@ def test_invalid_yaml_names_the_line(tmp_path: Path, text: str, line: int) -> No
     assert f"line {line}" in err.problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: UnicodeDecodeError escapes load_config for a non-UTF-8 file "
-    "(config.py load_config: catch UnicodeDecodeError around path.read_text())",
-)
 def test_config_that_is_not_text(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_bytes(b"\xff\xfe\x00d\x00a\x00t\x00a")

@@ -49,9 +49,9 @@ def test_chunked_partials_equal_one_shot(dtype, rtol, splits) -> None:
         chunk.exit_waves[:] = whole.exit_waves[a:b]
         chunks.append(chunk)
     ref_o = object_partials(whole, probe, obj.shape[1:], batch_size=7)
-    ref_p = probe_partials(whole, obj, batch_size=7)
+    ref_p = probe_partials(whole, obj, probe, batch_size=7)
     parts_o = [object_partials(c, probe, obj.shape[1:], 5) for c in chunks]
-    parts_p = [probe_partials(c, obj, 5) for c in chunks]
+    parts_p = [probe_partials(c, obj, probe, 5) for c in chunks]
     rng.shuffle(parts_o)
     rng.shuffle(parts_p)
     for ref, parts in ((ref_o, parts_o), (ref_p, parts_p)):

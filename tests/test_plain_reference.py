@@ -14,7 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from ptychograph.partials import regularised_divide
+from ptychograph.partials import regularised_divide, regularised_step
 from ptychograph.views import make_chunk, object_partials, probe_partials, view_update
 
 PLAIN_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_dm.py"
@@ -77,8 +77,8 @@ def test_fast_iteration_matches_plain_reference(subpixel: bool, overlap_passes: 
         for _ in range(overlap_passes):
             numbers = object_partials(chunk, fast_probe, fast_obj.shape[1:], batch_size)
             fast_obj = regularised_divide(numbers, fast_obj, ALPHA)
-            numbers = probe_partials(chunk, fast_obj, batch_size)
-            fast_probe = regularised_divide(numbers, fast_probe, ALPHA)
+            numbers = probe_partials(chunk, fast_obj, fast_probe, batch_size)
+            fast_probe = regularised_step(numbers, fast_probe, ALPHA)
         plain_probe, plain_obj, plain_error = plain.dm_iteration(
             psi, amplitudes, origins, plain_probe, plain_obj, BETA, ALPHA, overlap_passes
         )
