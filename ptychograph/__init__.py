@@ -17,7 +17,7 @@ from ptychograph.errors import InputError
 __all__ = ["InputError", "__version__", "reconstruct"]
 
 
-def reconstruct(*args, **kwargs):  # type: ignore[no-untyped-def]
+def reconstruct(*args, **kwargs):
     """Run a reconstruction; see :func:`ptychograph.engine.reconstruct`."""
     from ptychograph.engine import reconstruct as _reconstruct
 

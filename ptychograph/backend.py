@@ -26,7 +26,7 @@ def get_array_module(*arrays: Any) -> ModuleType:
         if type(a).__module__.startswith("cupy"):
             import cupy
 
-            return cupy  # type: ignore[no-any-return]
+            return cupy
     return np
 
 

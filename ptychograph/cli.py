@@ -68,8 +68,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     start = time.perf_counter()
-    result = reconstruct(config, progress=_progress(config.reconstruction.iterations),
-                         overwrite=args.overwrite)
+    result = reconstruct(
+        config, progress=_progress(config.reconstruction.iterations), overwrite=args.overwrite
+    )
     shares = ", ".join(f"{100 * s:.1f} %" for s in _shares(result.state.probe))
     log.info(
         "done in %.1f s: fourier error %.3e, probe mode power %s; wrote %s",
@@ -87,10 +88,10 @@ def _shares(probe: np.ndarray) -> np.ndarray:
     return power_shares(probe)
 
 
-def _progress(total: int):  # type: ignore[no-untyped-def]
+def _progress(total: int):
     every = max(1, total // 20)
 
-    def report(state, history) -> None:  # type: ignore[no-untyped-def]
+    def report(state, history) -> None:
         it = state.iteration
         if it == 1 or it % every == 0 or it == total:
             log.info(
@@ -123,7 +124,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_simulation(config, output: Path, overwrite: bool = False) -> Path:  # type: ignore[no-untyped-def]
+def write_simulation(config, output: Path, overwrite: bool = False) -> Path:
     """Simulate and write ``output`` (CXI) plus ``<stem>-truth.npz``; returns the truth path."""
     from ptychograph.io.cxi import write_cxi
     from ptychograph.simulate import simulate
@@ -137,8 +138,14 @@ def write_simulation(config, output: Path, overwrite: bool = False) -> Path:  # 
     tmp = truth_path.with_name("." + truth_path.name + ".tmp.npz")
     np.savez(tmp, object=sim.obj, probe=sim.probe, view_origin=sim.origins)
     tmp.replace(truth_path)
-    log.info("wrote %s (%d frames of %d x %d) and %s", output, sim.scan.n_frames,
-             config.frame_size, config.frame_size, truth_path)
+    log.info(
+        "wrote %s (%d frames of %d x %d) and %s",
+        output,
+        sim.scan.n_frames,
+        config.frame_size,
+        config.frame_size,
+        truth_path,
+    )
     return truth_path
 
 

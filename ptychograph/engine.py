@@ -103,7 +103,7 @@ def initial_probe(scan: Scan, config: Config, rng: np.random.Generator) -> np.nd
     """(M_P, H, W) complex128 initial probe per ``config.initial`` (DESIGN.md step 7)."""
     init = config.initial
     frame_shape = scan.geometry.frame_shape
-    choice = init.probe
+    choice: str = init.probe
     if choice == "auto":
         choice = "file_illumination" if scan.illumination is not None else "data"
     if choice == "file_illumination":
@@ -122,14 +122,10 @@ def initial_probe(scan: Scan, config: Config, rng: np.random.Generator) -> np.nd
     if choice != "previous":
         mean_counts = float(scan.frames.sum(axis=(1, 2), dtype=np.float64).mean())
         probe = scale_power(probe, mean_counts)
-    return add_modes(
-        probe, config.reconstruction.probe_modes, init.extra_mode_power, rng
-    )
+    return add_modes(probe, config.reconstruction.probe_modes, init.extra_mode_power, rng)
 
 
-def initial_object(
-    shape: tuple[int, int], config: Config, rng: np.random.Generator
-) -> np.ndarray:
+def initial_object(shape: tuple[int, int], config: Config, rng: np.random.Generator) -> np.ndarray:
     """(M_O, Y, X) complex128 initial object per ``config.initial``."""
     n_modes = config.reconstruction.object_modes
     if config.initial.object == "flat":

@@ -32,8 +32,18 @@ def text_image(shape: tuple[int, int], text: str = "PTYCHO\nGRAPH") -> np.ndarra
     canvas = FigureCanvasAgg(fig)
     fig.patch.set_facecolor("black")
     size = 0.22 * min(shape) * 72 / dpi
-    fig.text(0.5, 0.5, text, color="white", ha="center", va="center", fontsize=size,
-             fontweight="bold", family="DejaVu Sans", linespacing=1.1)
+    fig.text(
+        0.5,
+        0.5,
+        text,
+        color="white",
+        ha="center",
+        va="center",
+        fontsize=size,
+        fontweight="bold",
+        family="DejaVu Sans",
+        linespacing=1.1,
+    )
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     image = rgba[: shape[0], : shape[1], 0].astype(np.float64) / 255.0

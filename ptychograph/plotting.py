@@ -24,8 +24,12 @@ def summary_figure(ds: xr.Dataset, path: Path) -> None:
     grid = fig.add_gridspec(3, cols)
     pixel = float(ds["x"].values[1] - ds["x"].values[0]) if ds.sizes["x"] > 1 else 1.0
     weight = np.abs(obj)
-    _image(fig.add_subplot(grid[0, : cols // 2 + cols % 2]),
-           np.angle(obj * np.exp(-1j * np.angle(np.sum(obj)))), "object phase (rad)", pixel)
+    _image(
+        fig.add_subplot(grid[0, : cols // 2 + cols % 2]),
+        np.angle(obj * np.exp(-1j * np.angle(np.sum(obj)))),
+        "object phase (rad)",
+        pixel,
+    )
     _image(fig.add_subplot(grid[0, cols // 2 + cols % 2 :]), weight, "object amplitude", pixel)
     for k in range(n_modes):
         ax = fig.add_subplot(grid[1, k])
@@ -42,7 +46,7 @@ def summary_figure(ds: xr.Dataset, path: Path) -> None:
     _save(fig, path)
 
 
-def _image(ax, image: np.ndarray, title: str, pixel: float) -> None:  # type: ignore[no-untyped-def]
+def _image(ax, image: np.ndarray, title: str, pixel: float) -> None:
     low, high = _limits(image)
     cmap = "gray" if "amplitude" in title else "twilight"
     shown = ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
@@ -53,7 +57,7 @@ def _image(ax, image: np.ndarray, title: str, pixel: float) -> None:  # type: ig
     _scale_bar(ax, image.shape, pixel)
 
 
-def _scale_bar(ax, shape: tuple[int, ...], pixel: float) -> None:  # type: ignore[no-untyped-def]
+def _scale_bar(ax, shape: tuple[int, ...], pixel: float) -> None:
     """A bar of a round length near a fifth of the image width, labelled in m/um/nm."""
     width_m = shape[1] * pixel
     target = width_m / 5
@@ -106,7 +110,7 @@ def _limits(image: np.ndarray) -> tuple[float, float]:
     return float(low), float(high) if high > low else float(low) + 1e-12
 
 
-def _save(fig, path: Path) -> None:  # type: ignore[no-untyped-def]
+def _save(fig, path: Path) -> None:
     """Save beside, then rename; never leaves a temporary file behind."""
     tmp = path.parent / f".{path.name}.tmp.png"
     try:

@@ -102,9 +102,9 @@ def scan_pixels(config: SimulationConfig, rng: np.random.Generator) -> np.ndarra
         pos = np.stack([idx // cols, idx % cols], axis=1).astype(np.float64) * step
     else:
         golden = np.pi * (3.0 - np.sqrt(5.0))
-        idx = np.arange(n) + 0.5
-        radius = step / np.sqrt(np.pi) * np.sqrt(idx) * 1.2
-        pos = np.stack([radius * np.sin(idx * golden), radius * np.cos(idx * golden)], axis=1)
+        half = np.arange(n) + 0.5
+        radius = step / np.sqrt(np.pi) * np.sqrt(half) * 1.2
+        pos = np.stack([radius * np.sin(half * golden), radius * np.cos(half * golden)], axis=1)
     pos = pos + rng.uniform(-config.jitter, config.jitter, pos.shape) * step
     return pos - pos.mean(axis=0)
 
@@ -114,9 +114,7 @@ def simulate(config: SimulationConfig) -> Simulation:
     rng = np.random.default_rng(config.seed)
     size = config.frame_size
     wavelength = HC_EV_M / config.energy_ev
-    geometry = Geometry(
-        wavelength, config.distance_m, (config.detector_pixel_m,) * 2, (size, size)
-    )
+    geometry = Geometry(wavelength, config.distance_m, (config.detector_pixel_m,) * 2, (size, size))
     pixel = geometry.object_pixel
     pos_px = scan_pixels(config, rng)
     positions = pos_px * np.asarray(pixel)  # metres (y, x)

@@ -80,13 +80,15 @@ class LocalExecutor:
         return tree_sum(parts)
 
     def object_partials(self, probe: Array, obj_shape: tuple[int, int]) -> OverlapPartials:
-        return tree_sum([object_partials(c, probe, obj_shape, self.batch_size) for c in self.chunks])
+        return tree_sum(
+            [object_partials(c, probe, obj_shape, self.batch_size) for c in self.chunks]
+        )
 
     def probe_partials(self, obj: Array, probe: Array) -> OverlapPartials:
         return tree_sum([probe_partials(c, obj, probe, self.batch_size) for c in self.chunks])
 
 
-def tree_sum(parts: Sequence):  # type: ignore[no-untyped-def]
+def tree_sum(parts: Sequence):
     """Sum partials pairwise (depth log2 of their number); any order gives the same sum."""
     items = list(parts)
     if not items:
