@@ -6,7 +6,8 @@ views: :class:`LocalExecutor` keeps them in this process; the Dask executor keep
 on workers. Each executor call maps over every chunk of views and reduces the small partials.
 
 One iteration:
-  1. exit-wave update on every chunk (eqs. 3-4) -> Fourier error (reduced);
+  1. exit-wave update on every chunk (eqs. 3-4) -> Fourier error (reduced), fused with the
+     first object partials (same probe);
   2. ``overlap_passes`` alternating object (eq. 6) and probe (eq. 5) updates, each a reduction
      of partial numerators/denominators and one regularised division;
   3. orthogonalise the probe modes; the same rotation is applied to psi on the next update;
@@ -34,7 +35,13 @@ from ptychograph.partials import (
     regularised_step,
 )
 from ptychograph.state import History, State, relative_change
-from ptychograph.views import ViewChunk, object_partials, probe_partials, view_update
+from ptychograph.views import (
+    ViewChunk,
+    object_partials,
+    probe_partials,
+    update_views,
+    view_update,
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,10 @@ class Executor(Protocol):
         self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
     ) -> FourierError: ...
 
+    def update_views(
+        self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
+    ) -> tuple[FourierError, OverlapPartials]: ...
+
     def object_partials(self, probe: Array, obj_shape: tuple[int, int]) -> OverlapPartials: ...
 
     def probe_partials(self, obj: Array, probe: Array) -> OverlapPartials: ...
@@ -78,6 +89,16 @@ class LocalExecutor:
             for c in self.chunks
         ]
         return tree_sum(parts)
+
+    def update_views(
+        self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
+    ) -> tuple[FourierError, OverlapPartials]:
+        parts = [
+            update_views(c, probe, obj, beta, self.batch_size, rotation, noise_bound)
+            for c in self.chunks
+        ]
+        error = tree_sum([p[0] for p in parts])
+        return error, tree_sum([p[1] for p in parts])
 
     def object_partials(self, probe: Array, obj_shape: tuple[int, int]) -> OverlapPartials:
         return tree_sum(
@@ -123,11 +144,13 @@ def run_dm(
     for iteration in range(state.iteration, settings.iterations):
         start = time.perf_counter()
         old_probe, old_obj = probe, obj
-        error = executor.view_update(probe, obj, settings.beta, rotation, settings.noise_bound)
-        for _ in range(settings.overlap_passes):
-            obj = regularised_divide(
-                executor.object_partials(probe, obj.shape[1:]), obj, settings.regularisation
-            )
+        error, partials = executor.update_views(
+            probe, obj, settings.beta, rotation, settings.noise_bound
+        )
+        for overlap_pass in range(settings.overlap_passes):
+            if overlap_pass > 0:
+                partials = executor.object_partials(probe, obj.shape[1:])
+            obj = regularised_divide(partials, obj, settings.regularisation)
             if iteration >= settings.probe_update_start:
                 probe = regularised_step(
                     executor.probe_partials(obj, probe), probe, settings.regularisation

@@ -124,15 +124,60 @@ def view_update(
     noise_bound : Fourier-constraint relaxation (:func:`~ptychograph.fourier.modulus_constraint`).
     Returns the chunk's Fourier error terms.
     """
+    error, _ = update_views(chunk, probe, obj, beta, batch_size, rotation, noise_bound, False)
+    return error
+
+
+def update_views(
+    chunk: ViewChunk,
+    probe: Array,
+    obj: Array,
+    beta: float,
+    batch_size: int = 64,
+    rotation: Array | None = None,
+    noise_bound: float = 0.0,
+    with_object_partials: bool = True,
+) -> tuple[FourierError, OverlapPartials | None]:
+    """:func:`view_update` fused with the first :func:`object_partials` of the iteration.
+
+    The object update right after the exit-wave update uses the same probe, so each batch's
+    shifted probe S_j P is computed once and psi is read once while it is hot in cache; it also
+    lets a worker answer one task with both the error and the object partials.
+    Returns the Fourier error terms and (if ``with_object_partials``) the eq. 6 partials.
+    """
+    xp = get_array_module(probe)
+    obj_shape = (int(obj.shape[1]), int(obj.shape[2]))
+    numerator = xp.zeros((obj.shape[0], *obj_shape), dtype=probe.dtype)
+    denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
     error = FourierError(0.0, 0.0)
     for sl in _batches(chunk.n_views, batch_size):
         if rotation is not None:
             chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
-        views = current_views(chunk, sl, probe, obj)
+        ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
+        probe_views = shift_modes(probe, ramps)
+        obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
+        views = exit_waves(probe_views, obj_views)
+        psi = chunk.exit_waves[sl]
         error = error + dm_exit_wave_update(
-            chunk.exit_waves[sl], views, chunk.amplitudes[sl], chunk.good, beta, noise_bound
+            psi, views, chunk.amplitudes[sl], chunk.good, beta, noise_bound
         )
-    return error
+        if with_object_partials:
+            num, den = _object_terms(probe_views, psi)
+            numerator += insert_views(num, chunk.corners[sl], obj_shape)
+            denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
+    if not with_object_partials:
+        return error, None
+    return error, OverlapPartials(numerator, denominator)
+
+
+def _object_terms(probe_views: Array, psi: Array) -> tuple[Array, Array]:
+    """Per-view eq. 6 terms: conj(S_j P) psi summed over probe modes (n, M_O, H, W) and
+    |S_j P|^2 summed over probe modes (n, 1, H, W)."""
+    xp = get_array_module(psi)
+    num_views = xp.sum(xp.conj(probe_views)[:, :, None] * psi, axis=1)
+    power = xp.sum(probe_views.real**2 + probe_views.imag**2, axis=1)
+    power = xp.broadcast_to(power, (psi.shape[0], *power.shape[1:]))
+    return num_views, power[:, None]
 
 
 def object_partials(
@@ -149,14 +194,9 @@ def object_partials(
     denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
     for sl in _batches(chunk.n_views, batch_size):
         ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
-        probe_views = shift_modes(probe, ramps)  # (n or 1, M_P, H, W)
-        psi = chunk.exit_waves[sl]
-        num_views = xp.sum(xp.conj(probe_views)[:, :, None] * psi, axis=1)  # (n, M_O, H, W)
-        power = xp.sum(probe_views.real**2 + probe_views.imag**2, axis=1)  # (n or 1, H, W)
-        power = xp.broadcast_to(power, (psi.shape[0], *power.shape[1:]))
-        corners = chunk.corners[sl]
-        numerator += insert_views(num_views, corners, obj_shape)
-        denominator += insert_views(power[:, None], corners, obj_shape)[0]
+        num, den = _object_terms(shift_modes(probe, ramps), chunk.exit_waves[sl])
+        numerator += insert_views(num, chunk.corners[sl], obj_shape)
+        denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
     return OverlapPartials(numerator, denominator)
 
 

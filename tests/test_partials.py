@@ -154,3 +154,19 @@ def test_view_update_batches_do_not_change_result() -> None:
     for psi, value in results[1:]:
         np.testing.assert_allclose(psi, results[0][0], atol=1e-10)
         assert value == pytest.approx(results[0][1], rel=1e-10)
+
+
+def test_fused_update_equals_update_then_object_partials() -> None:
+    from ptychograph.views import update_views
+
+    rng = np.random.default_rng(6)
+    amplitudes, origins, probe, obj = random_problem(rng)
+    a = make_chunk(amplitudes, None, origins, probe, obj, batch_size=5)
+    b = make_chunk(amplitudes, None, origins, probe, obj, batch_size=5)
+    err_a = view_update(a, probe * 1.1, obj, 0.8, batch_size=5, noise_bound=0.5)
+    part_a = object_partials(a, probe * 1.1, obj.shape[1:], batch_size=5)
+    err_b, part_b = update_views(b, probe * 1.1, obj, 0.8, batch_size=5, noise_bound=0.5)
+    np.testing.assert_allclose(b.exit_waves, a.exit_waves, atol=1e-12)
+    assert err_b.value == pytest.approx(err_a.value, rel=1e-12)
+    np.testing.assert_allclose(part_b.numerator, part_a.numerator, atol=1e-10)
+    np.testing.assert_allclose(part_b.denominator, part_a.denominator, atol=1e-10)
