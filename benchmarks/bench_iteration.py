@@ -36,12 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_dm  # noqa: E402
 
 from ptychograph.backend import fft_workers  # noqa: E402
-from ptychograph.partials import regularised_divide, regularised_step  # noqa: E402
+from ptychograph.partials import (  # noqa: E402
+    OverlapPartials,
+    regularised_divide,
+    regularised_step,
+)
 from ptychograph.views import (  # noqa: E402
     ViewChunk,
     make_chunk,
     object_partials,
     probe_partials,
+    update_views,
     view_update,
 )
 
@@ -134,14 +139,17 @@ def raster_origins(
     return positions - positions.min(axis=0) + margin
 
 
-def make_probe(size: int, modes: int, dtype: np.dtype) -> np.ndarray:
-    """(M_P, H, W): a soft disc of diameter size / 2 with a curved phase; weaker extra modes."""
+def make_probe(size: int, modes: int, dtype: np.dtype, counts: float = 1e6) -> np.ndarray:
+    """(M_P, H, W): a soft disc of diameter size / 2 with a curved phase; weaker extra modes.
+
+    Scaled so that the probe carries ``counts`` photons in all (a realistic frame total).
+    """
     yy, xx = (np.mgrid[:size, :size] - size / 2) / (size / 4)
     radius = np.hypot(yy, xx)
     disc = 0.5 * (1 - np.tanh((radius - 1) * 8)) * np.exp(1j * 2.0 * radius**2)
     patterns = [np.ones_like(xx), xx, yy, xx * yy, xx**2 - yy**2, yy**2]
-    probe = [disc * patterns[k % len(patterns)] * 0.5**k for k in range(modes)]
-    return np.asarray(probe).astype(dtype)
+    probe = np.asarray([disc * patterns[k % len(patterns)] * 0.5**k for k in range(modes)])
+    return (probe * np.sqrt(counts / np.sum(np.abs(probe) ** 2))).astype(dtype)
 
 
 def smooth_noise(shape: tuple[int, ...], width: float, rng: np.random.Generator) -> np.ndarray:
@@ -174,23 +182,69 @@ def make_scene(config: BenchConfig, overlap: float, seed: int) -> Scene:
     return Scene(np.sqrt(intensities).astype(real), origins, probe.astype(dtype), obj)
 
 
-def fast_iteration(
-    chunk: ViewChunk,
-    probe: np.ndarray,
-    obj: np.ndarray,
-    beta: float,
-    alpha: float,
-    passes: int,
-    batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One ptychograph DM iteration on a chunk (psi in place). Returns (probe, obj)."""
-    view_update(chunk, probe, obj, beta, batch_size)
-    for _ in range(passes):
-        obj = regularised_divide(
-            object_partials(chunk, probe, obj.shape[1:], batch_size), obj, alpha
+@dataclass(frozen=True)
+class IterationSettings:
+    """The parameters of one DM iteration shared by both implementations."""
+
+    beta: float
+    alpha: float
+    overlap_passes: int
+    noise_bound: float
+    batch_size: int
+    fused: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> IterationSettings:
+        return cls(
+            args.beta,
+            args.alpha,
+            args.overlap_passes,
+            args.noise_bound,
+            args.batch,
+            not args.unfused,
         )
-        probe = regularised_step(probe_partials(chunk, obj, probe, batch_size), probe, alpha)
-    return probe, obj
+
+
+def fast_iteration(
+    chunk: ViewChunk, probe: np.ndarray, obj: np.ndarray, settings: IterationSettings
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One ptychograph DM iteration on a chunk, as ptychograph.solver.run_dm runs it.
+
+    psi is updated in place; probe (M_P, H, W) and obj (M_O, Y, X) are not. With ``fused`` the
+    first object partials come out of the exit-wave sweep (``update_views``), otherwise from a
+    separate ``object_partials`` sweep. Returns (probe, obj, Fourier error).
+    """
+    s = settings
+    partials: OverlapPartials | None = None
+    if s.fused:
+        error, partials = update_views(chunk, probe, obj, s.beta, s.batch_size, None, s.noise_bound)
+    else:
+        error = view_update(chunk, probe, obj, s.beta, s.batch_size, None, s.noise_bound)
+    for _ in range(s.overlap_passes):
+        if partials is None:
+            partials = object_partials(chunk, probe, obj.shape[1:], s.batch_size)
+        obj = regularised_divide(partials, obj, s.alpha)
+        partials = None
+        probe = regularised_step(probe_partials(chunk, obj, probe, s.batch_size), probe, s.alpha)
+    return probe, obj, error.value
+
+
+def plain_iteration(
+    psi: np.ndarray, scene: Scene, settings: IterationSettings
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One plain-NumPy DM iteration (psi in place). Returns (probe, obj, Fourier error)."""
+    s = settings
+    return plain_dm.dm_iteration(
+        psi,
+        scene.amplitudes,
+        scene.origins,
+        scene.probe,
+        scene.obj,
+        s.beta,
+        s.alpha,
+        s.overlap_passes,
+        s.noise_bound,
+    )
 
 
 def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
@@ -201,19 +255,16 @@ def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
 def run_config(config: BenchConfig, args: argparse.Namespace) -> Timing:
     """Warm up both implementations once, then time ``args.repeats`` interleaved iterations."""
     scene = make_scene(config, args.overlap, args.seed)
-    passes, beta, alpha = args.overlap_passes, args.beta, args.alpha
+    settings = IterationSettings.from_args(args)
     start_psi = plain_dm.initial_exit_waves(scene.probe, scene.obj, scene.origins)
     chunk = make_chunk(scene.amplitudes, None, scene.origins, scene.probe, scene.obj, args.batch)
     psi = start_psi.copy()
 
-    def plain() -> tuple[np.ndarray, np.ndarray]:
-        probe, obj, _ = plain_dm.dm_iteration(
-            psi, scene.amplitudes, scene.origins, scene.probe, scene.obj, beta, alpha, passes
-        )
-        return probe, obj
+    def plain() -> tuple[np.ndarray, np.ndarray, float]:
+        return plain_iteration(psi, scene, settings)
 
-    def fast() -> tuple[np.ndarray, np.ndarray]:
-        return fast_iteration(chunk, scene.probe, scene.obj, beta, alpha, passes, args.batch)
+    def fast() -> tuple[np.ndarray, np.ndarray, float]:
+        return fast_iteration(chunk, scene.probe, scene.obj, settings)
 
     plain_result = plain()
     fast_result = fast()
@@ -285,7 +336,8 @@ def render_section(
         f"One iteration = exit-wave update (eqs. 3-4) + {args.overlap_passes} overlap pass(es) "
         "(eqs. 5-6; object by regularised_divide, probe by the residual-form regularised_step, "
         f"as in ptychograph.solver); beta = {args.beta}, alpha = {args.alpha}, "
-        f"batch size {args.batch}. "
+        f"noise_bound = {args.noise_bound}, batch size {args.batch}, first object partials "
+        f"{'from a separate sweep' if args.unfused else 'fused into the exit-wave sweep'}. "
         f"Median of {args.repeats} repeats after one warm-up, plain and ptychograph interleaved. "
         f"Scan: square raster, {args.overlap:.0%} linear overlap of a probe disc of diameter "
         "H/2, random sub-pixel jitter of +-10 % of the step; object modes start flat, probe "
@@ -328,6 +380,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overlap-passes", type=int, default=1, help="eqs. 5-6 passes")
     parser.add_argument("--beta", type=float, default=0.8, help="DM feedback")
     parser.add_argument("--alpha", type=float, default=1e-3, help="overlap regularisation")
+    parser.add_argument(
+        "--noise-bound", type=float, default=0.0, help="Fourier relaxation (0 = plain eq. 4)"
+    )
+    parser.add_argument(
+        "--unfused",
+        action="store_true",
+        help="separate object_partials sweep instead of the fused update_views",
+    )
     parser.add_argument("--batch", type=int, default=64, help="ptychograph views per batch")
     parser.add_argument("--overlap", type=float, default=0.7, help="linear probe overlap")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the scene")

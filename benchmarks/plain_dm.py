@@ -15,7 +15,8 @@ independently. Conventions that must match ``ptychograph``:
 * The object division is regularised: new = (num + eps prev) / (den + eps), eps = alpha max(den)
   (``ptychograph.partials.regularised_divide``); the probe takes the residual-form step
   new = prev + num / (den + eps) (``regularised_step``, as ``ptychograph.solver.run_dm`` does).
-* The noise relaxation of the modulus constraint is off (``noise_bound = 0``, plain eq. 4).
+* The noise relaxation of the modulus constraint (``noise_bound``, default 0 = plain eq. 4) is
+  that of ``ptychograph.fourier.modulus_constraint`` for a detector without bad pixels.
 
 Shapes: probe (M_P, H, W), obj (M_O, Y, X), amplitudes (N, H, W), origins (N, 2),
 exit waves psi (N, M_P, M_O, H, W).
@@ -104,12 +105,15 @@ def update_exit_waves(
     probe: np.ndarray,
     obj: np.ndarray,
     beta: float,
+    noise_bound: float = 0.0,
 ) -> float:
     """Eqs. 3-4 for every view, psi updated in place. Returns the Fourier error (step 5).
 
     psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi), with
     F_c[x] = sqrt(I_j / sum_{k,l} |F x|^2) F x.
     The error is that of the current model phi: sum (sqrt(I) - |F phi|)^2 / sum I.
+    noise_bound > 0 relaxes eq. 4 (DESIGN.md "Noise"): with D_j = sum (|F x| - sqrt(I_j))^2 and
+    B = noise_bound * 0.25 * H * W, the scale becomes 1 + (1 - sqrt(B / max(D_j, B))) (s - 1).
     """
     residual = 0.0
     total = 0.0
@@ -121,6 +125,10 @@ def update_exit_waves(
         spectrum = far_field(2 * phi - psi[j])
         modulus = np.sqrt(np.sum(np.abs(spectrum) ** 2, axis=(0, 1)))  # (H, W)
         ratio = amplitudes[j] / np.maximum(modulus, np.finfo(modulus.dtype).tiny)
+        if noise_bound > 0:
+            bound = noise_bound * 0.25 * modulus.size
+            distance = float(np.sum((modulus - amplitudes[j]) ** 2))
+            ratio = 1 + (1 - np.sqrt(bound / max(distance, bound))) * (ratio - 1)
         projected = inverse_far_field(spectrum * ratio)
         psi[j] += (beta * (projected - phi)).astype(psi.dtype)
     return residual / total if total > 0 else 0.0
@@ -204,6 +212,7 @@ def dm_iteration(
     beta: float = 0.8,
     alpha: float = 1e-3,
     overlap_passes: int = 1,
+    noise_bound: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """One DM iteration: exit-wave update (eqs. 3-4), then alternating object/probe updates.
 
@@ -211,7 +220,7 @@ def dm_iteration(
     origins : (N, 2) float view corners in object pixels. probe : (M_P, H, W); obj : (M_O, Y, X).
     Returns ``(probe, obj, fourier_error)`` with the new estimates.
     """
-    error = update_exit_waves(psi, amplitudes, origins, probe, obj, beta)
+    error = update_exit_waves(psi, amplitudes, origins, probe, obj, beta, noise_bound)
     for _ in range(overlap_passes):
         obj = update_object(psi, origins, probe, obj, alpha)
         probe = update_probe(psi, origins, probe, obj, alpha)

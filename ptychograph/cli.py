@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychograph.errors import InputError
+from ptychograph.state import History
 
 log = logging.getLogger("ptychograph")
 
@@ -91,8 +92,7 @@ def _shares(probe: np.ndarray) -> np.ndarray:
 def _progress(total: int):
     every = max(1, total // 20)
 
-    def report(state, history) -> None:
-        it = state.iteration
+    def report(it: int, history: History) -> None:
         if it == 1 or it % every == 0 or it == total:
             log.info(
                 "iteration %d/%d  fourier error %.3e  %.3f s/it",

@@ -129,6 +129,48 @@ class OutputConfig(_Section):
         return path
 
 
+class ClusterConfig(_Section):
+    """Where the work runs: a local Dask cluster, or an existing scheduler."""
+
+    address: str | None = Field(
+        None,
+        description="null: start a local cluster; else a scheduler address such as "
+        "tcp://host:8786 or ucx://host:8786 (started with `dask scheduler`).",
+    )
+    n_workers: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Workers: of the local cluster (default: one per GPU with the gpu extra "
+        "and a GPU, else 1); with an address, use at most this many of its workers.",
+    )
+    threads_per_worker: int | None = Field(
+        None, ge=1, le=1024, description="Threads per local worker (default: cores / workers)."
+    )
+    protocol: Literal["tcp", "ucx"] = Field(
+        "tcp", description="Local cluster comms; ucx needs the distributed-ucxx package."
+    )
+    backend: Literal["auto", "numpy", "cupy"] = Field(
+        "auto", description="Array backend on the workers; auto = cupy where a GPU exists."
+    )
+    connect_timeout: float = Field(
+        30.0, gt=0, le=3600, description="Seconds to wait for a scheduler before giving up."
+    )
+    lookahead: int = Field(
+        2, ge=0, le=16, description="Iterations submitted ahead of the one being reported."
+    )
+    chunk_frames: int | None = Field(
+        None, ge=1, description="Frames per Zarr chunk when converting (default: ~32 MB)."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _scheme(cls, address: str | None) -> str | None:
+        if address is not None and not address.startswith(("tcp://", "ucx://", "tls://")):
+            raise ValueError(f"expected tcp://, tls:// or ucx://host:port, got {address!r}")
+        return address
+
+
 class Config(_Section):
     """A whole run: the YAML file's top level."""
 
@@ -136,6 +178,7 @@ class Config(_Section):
     reconstruction: ReconstructionConfig = ReconstructionConfig()
     initial: InitialConfig = InitialConfig()
     output: OutputConfig = OutputConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def _error_line(err: ValidationError) -> InputError:

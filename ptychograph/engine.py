@@ -1,15 +1,17 @@
 """A reconstruction from a validated config: load, prepare, iterate, write.
 
-This is the in-process path. :func:`prepare` turns a :class:`~ptychograph.scan.Scan` and the
-config into the problem (amplitudes, view origins, initial estimates); :func:`reconstruct`
-runs :func:`~ptychograph.solver.run_dm` and writes the result store and figure.
+:func:`reconstruct` is the one execution path of ``ptychograph run`` and of the Python API: the
+frames go to a chunked Zarr store, Dask workers read their own chunks and keep their exit waves
+(:mod:`ptychograph.distributed`). :func:`reconstruct_in_process` runs the same iteration in this
+process; it is the reference the distributed path is tested against.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,11 +24,11 @@ from ptychograph.initial import (
     flat_object,
     load_previous,
     load_probe_file,
-    probe_from_data,
+    probe_from_mean,
     random_object,
     scale_power,
 )
-from ptychograph.scan import Scan
+from ptychograph.scan import Geometry, Scan
 from ptychograph.solver import Callback, LocalExecutor, Settings, run_dm
 from ptychograph.state import History, State
 from ptychograph.views import make_chunk
@@ -35,18 +37,41 @@ log = logging.getLogger("ptychograph")
 
 
 @dataclass(frozen=True)
-class Problem:
-    """Everything the iteration needs, on the host.
+class ScanSummary:
+    """What preparing a run needs to know about a scan, without its frames.
 
-    amplitudes : (N, H, W) real sqrt(I). good : (H, W) bool or None. origins : (N, 2) float
-    view corners in object pixels. state : initial probe (M_P, H, W) and object (M_O, Y, X).
+    positions : (N, 2) (y, x) metres. mask : (H, W) bool or None. illumination : (M, H, W) or
+    None. mean_frame : (H, W) float64, the mean diffraction pattern.
     """
 
-    scan: Scan
-    amplitudes: np.ndarray
-    good: np.ndarray | None
+    positions: np.ndarray
+    geometry: Geometry
+    mask: np.ndarray | None
+    illumination: np.ndarray | None
+    mean_frame: np.ndarray
+
+    @classmethod
+    def of(cls, scan: Scan) -> ScanSummary:
+        mean = scan.frames.mean(axis=0, dtype=np.float64)
+        return cls(scan.positions, scan.geometry, scan.mask, scan.illumination, mean)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The geometry and starting point of a run.
+
+    summary : the scan without frames. origins : (N, 2) float view corners in object pixels.
+    state : initial probe (M_P, H, W) and object (M_O, Y, X) of the working precision.
+    """
+
+    summary: ScanSummary
     origins: np.ndarray
     state: State
+
+    @property
+    def good(self) -> np.ndarray | None:
+        """(H, W) bool, False at bad detector pixels, or None."""
+        return None if self.summary.mask is None else ~self.summary.mask
 
 
 @dataclass(frozen=True)
@@ -74,43 +99,51 @@ def settings_from(config: Config) -> Settings:
     )
 
 
-def prepare(scan: Scan, config: Config) -> Problem:
-    """Amplitudes, origins and initial estimates for a validated scan."""
+def scan_origins(positions: np.ndarray, geometry: Geometry, config: Config) -> np.ndarray:
+    """(N, 2) view origins in object pixels per the data orientation options."""
     rec = config.reconstruction
-    cdtype = complex_dtype(rec.precision)
-    frame_shape = scan.geometry.frame_shape
     origins = view_origins(
-        scan.positions,
-        scan.geometry.object_pixel,
+        positions,
+        geometry.object_pixel,
         rec.object_margin,
         config.data.swap_xy,
         config.data.flip_x,
         config.data.flip_y,
     )
-    if not rec.subpixel:
-        origins = np.round(origins)
-    shape = object_shape(origins, frame_shape, rec.object_margin)
+    return origins if rec.subpixel else np.round(origins)
+
+
+def prepare(summary: ScanSummary | Scan, config: Config) -> Problem:
+    """Origins and initial estimates (DESIGN.md step 7) for a validated scan."""
+    if isinstance(summary, Scan):
+        summary = ScanSummary.of(summary)
+    rec = config.reconstruction
+    cdtype = complex_dtype(rec.precision)
+    origins = scan_origins(summary.positions, summary.geometry, config)
+    shape = object_shape(origins, summary.geometry.frame_shape, rec.object_margin)
     rng = np.random.default_rng(rec.seed)
-    probe = initial_probe(scan, config, rng)
+    probe = initial_probe(summary, config, rng)
     obj = initial_object(shape, config, rng)
-    amplitudes = np.sqrt(scan.frames).astype(real_dtype(cdtype))
-    good = None if scan.mask is None else ~scan.mask
     state = State(probe.astype(cdtype), obj.astype(cdtype), 0)
-    return Problem(scan, amplitudes, good, origins, state)
+    return Problem(summary, origins, state)
 
 
-def initial_probe(scan: Scan, config: Config, rng: np.random.Generator) -> np.ndarray:
-    """(M_P, H, W) complex128 initial probe per ``config.initial`` (DESIGN.md step 7)."""
+def initial_probe(
+    summary: ScanSummary | Scan, config: Config, rng: np.random.Generator
+) -> np.ndarray:
+    """(M_P, H, W) complex128 initial probe per ``config.initial``."""
+    if isinstance(summary, Scan):
+        summary = ScanSummary.of(summary)
     init = config.initial
-    frame_shape = scan.geometry.frame_shape
+    frame_shape = summary.geometry.frame_shape
     choice: str = init.probe
     if choice == "auto":
-        choice = "file_illumination" if scan.illumination is not None else "data"
-    if choice == "file_illumination":
-        assert scan.illumination is not None
-        probe = scan.illumination.astype(np.complex128)
+        choice = "illumination" if summary.illumination is not None else "data"
+    if choice == "illumination":
+        assert summary.illumination is not None
+        probe = summary.illumination.astype(np.complex128)
     elif choice == "data":
-        probe = probe_from_data(scan.frames, scan.mask)[None]
+        probe = probe_from_mean(summary.mean_frame, summary.mask)[None]
     elif choice == "file":
         assert init.probe_path is not None
         probe = load_probe_file(init.probe_path, frame_shape)
@@ -120,8 +153,7 @@ def initial_probe(scan: Scan, config: Config, rng: np.random.Generator) -> np.nd
     if probe.shape[1:] != frame_shape:
         raise InputError("initial.probe", f"probe {probe.shape[1:]} != frames {frame_shape}")
     if choice != "previous":
-        mean_counts = float(scan.frames.sum(axis=(1, 2), dtype=np.float64).mean())
-        probe = scale_power(probe, mean_counts)
+        probe = scale_power(probe, float(summary.mean_frame.sum()))
     return add_modes(probe, config.reconstruction.probe_modes, init.extra_mode_power, rng)
 
 
@@ -145,14 +177,19 @@ def initial_object(shape: tuple[int, int], config: Config, rng: np.random.Genera
 
 
 def run_local(
-    problem: Problem, config: Config, callback: Callback | None = None, n_chunks: int = 1
+    scan: Scan,
+    problem: Problem,
+    config: Config,
+    callback: Callback | None = None,
+    n_chunks: int = 1,
 ) -> tuple[State, History]:
     """Run DM in this process with the views split into ``n_chunks`` chunks."""
     rec = config.reconstruction
-    bounds = np.linspace(0, problem.amplitudes.shape[0], n_chunks + 1).astype(int)
+    amplitudes = np.sqrt(scan.frames).astype(real_dtype(complex_dtype(rec.precision)))
+    bounds = np.linspace(0, amplitudes.shape[0], n_chunks + 1).astype(int)
     chunks = [
         make_chunk(
-            problem.amplitudes[a:b],
+            amplitudes[a:b],
             problem.good,
             problem.origins[a:b],
             problem.state.probe,
@@ -166,36 +203,87 @@ def run_local(
     return run_dm(executor, problem.state, settings_from(config), callback=callback)
 
 
-def load_problem(config: Config) -> tuple[Problem, list[str]]:
-    """Read, validate and prepare the scan named in the config; notes say what was fixed."""
+def load_validated(config: Config) -> tuple[Scan, list[str]]:
+    """Read and validate the scan named in the config; notes say what was fixed."""
     from ptychograph.io import load_scan
     from ptychograph.io.validate import validate_frames
 
     scan = load_scan(config.data.path)
-    scan, notes = validate_frames(scan, config.data.nonfinite, config.data.negative)
-    return prepare(scan, config), notes
+    return validate_frames(scan, config.data.nonfinite, config.data.negative)
+
+
+def reconstruct_in_process(
+    config: Config, progress: Callback | None = None, n_chunks: int = 1
+) -> Result:
+    """The single-process reference: same iteration, no cluster, nothing written."""
+    scan, notes = load_validated(config)
+    for note in notes:
+        log.warning("%s", note)
+    problem = prepare(scan, config)
+    state, history = run_local(scan, problem, config, progress, n_chunks)
+    return Result(state, history, problem, config)
 
 
 def reconstruct(
     config: Config,
     client: object | None = None,
-    progress: Callable[[State, History], None] | None = None,
+    progress: Callback | None = None,
     write: bool = True,
     overwrite: bool = False,
+    workers: list[str] | None = None,
 ) -> Result:
-    """Reconstruct the scan of ``config``; write the result store (and figure) if ``write``.
+    """Reconstruct the scan of ``config`` on a Dask cluster and write the result.
 
-    ``client`` is reserved for a ``distributed.Client``; the in-process path ignores it.
+    client : a ``distributed.Client`` to use (e.g. a notebook's); when None, the ``cluster``
+    section says what to start or connect to. workers : restrict to these worker addresses.
     """
+    from ptychograph.cluster import open_client
+    from ptychograph.distributed_run import run_distributed
     from ptychograph.results import check_output_free, write_result
 
     if write:
         check_output_free(config.output.path, overwrite, config.output.figure)
-    problem, notes = load_problem(config)
+    store = frames_store(config, overwrite)
+    try:
+        with open_client(config.cluster, client) as active:
+            state, history, problem = run_distributed(active, store, config, progress, workers)
+        result = Result(state, history, problem, config)
+        if write:
+            write_result(result, config.output.path, overwrite=overwrite)
+    finally:
+        if store.parent == work_dir(config):
+            shutil.rmtree(work_dir(config), ignore_errors=True)
+    return result
+
+
+def work_dir(config: Config) -> Path:
+    """The run's work folder beside the output: result.zarr -> .result.work/."""
+    out = config.output.path
+    return out.parent / f".{out.stem}.work"
+
+
+def frames_store(config: Config, overwrite: bool = False) -> Path:
+    """The Zarr frames store of the run: the data path itself, or a conversion of it."""
+    from ptychograph.io.zarr_store import convert_to_store, is_frames_store
+
+    path = config.data.path
+    if is_frames_store(path):
+        return path
+    folder = work_dir(config)
+    target = folder / "frames.zarr"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        notes = convert_to_store(
+            path,
+            target,
+            chunk_frames=config.cluster.chunk_frames,
+            overwrite=True,
+            nonfinite=config.data.nonfinite,
+            negative=config.data.negative,
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     for note in notes:
         log.warning("%s", note)
-    state, history = run_local(problem, config, progress)
-    result = Result(state, history, problem, config)
-    if write:
-        write_result(result, config.output.path, overwrite=overwrite)
-    return result
+    return target

@@ -26,11 +26,17 @@ def probe_from_data(frames: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     Returns (H, W) complex128, centred in the frame, with total power equal to the mean counts
     per frame (so that |O| = 1 matches the data; F is unitary).
     """
-    mean = frames.mean(axis=0, dtype=np.float64)
+    return probe_from_mean(frames.mean(axis=0, dtype=np.float64), mask)
+
+
+def probe_from_mean(mean_frame: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """:func:`probe_from_data` from the mean frame (H, W) alone (what a cluster reduces)."""
+    mean = np.asarray(mean_frame, dtype=np.float64)
+    power = float(mean.sum())
     if mask is not None:
         mean = np.where(mask, 0.0, mean)
     probe = np.fft.fftshift(ifft2c(np.sqrt(np.maximum(mean, 0.0)).astype(np.complex128)))
-    return scale_power(probe, float(frames.sum(axis=(1, 2), dtype=np.float64).mean()))
+    return scale_power(probe, power)
 
 
 def scale_power(probe: np.ndarray, power: float) -> np.ndarray:

@@ -120,7 +120,8 @@ def tree_sum(parts: Sequence):
     return reduce(lambda a, b: a + b, items)
 
 
-Callback = Callable[[State, History], None]
+#: Called after each iteration with the number of completed iterations and the history.
+Callback = Callable[[int, History], None]
 
 
 def run_dm(
@@ -133,7 +134,7 @@ def run_dm(
     """Iterate DM from ``state`` until ``settings.iterations`` iterations are done.
 
     state.probe : (M_P, H, W), state.obj : (M_O, Y, X), both complex of the working precision
-    (NumPy or CuPy, as the executor expects). ``callback(state, history)`` runs after each
+    (NumPy or CuPy, as the executor expects). ``callback(iteration, history)`` runs after each
     iteration. Returns the final state and the history.
     """
     history = history if history is not None else History()
@@ -168,7 +169,7 @@ def run_dm(
             sums = [probe.copy(), obj.copy()] if sums is None else [sums[0] + probe, sums[1] + obj]
         state = State(probe, obj, iteration + 1)
         if callback is not None:
-            callback(state, history)
+            callback(state.iteration, history)
     if sums is not None and settings.iterations - average_from > 1:
         count = settings.iterations - max(average_from, 0)
         state = State(sums[0] / count, sums[1] / count, state.iteration)

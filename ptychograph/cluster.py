@@ -1,0 +1,128 @@
+"""Connecting to, or starting, the Dask cluster a run uses (the ``cluster:`` section).
+
+* ``address: null`` starts a local cluster: ``dask_cuda.LocalCUDACluster`` (one worker per GPU)
+  when the backend resolves to CuPy, else ``distributed.LocalCluster`` with worker processes.
+* ``address: tcp://host:8786`` (or ``ucx://``, ``tls://``) connects to a running scheduler, e.g.
+  one started with ``dask scheduler`` and ``dask cuda worker``; a scheduler that does not answer
+  within ``connect_timeout`` seconds is an input error, not a hang.
+* ``protocol: ucx`` needs the ``distributed-ucxx`` package, imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ptychograph.config import ClusterConfig
+from ptychograph.errors import InputError
+
+log = logging.getLogger("ptychograph")
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices visible through CuPy (0 without CuPy or a device)."""
+    if importlib.util.find_spec("cupy") is None:
+        return 0
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - any CUDA/driver failure means no usable GPU
+        return 0
+
+
+def resolve_backend(choice: str) -> str:
+    """``auto`` -> ``cupy`` where a GPU exists, else ``numpy``; ``cupy`` without one is an error."""
+    if choice == "numpy":
+        return "numpy"
+    gpus = gpu_count()
+    if choice == "cupy" and gpus == 0:
+        raise InputError("cluster.backend", "cupy needs CuPy and a CUDA device; none found")
+    return "cupy" if gpus > 0 else "numpy"
+
+
+@contextmanager
+def open_client(config: ClusterConfig, client: Any | None = None) -> Iterator[Any]:
+    """Yield a ``distributed.Client``: the given one, a connection, or a new local cluster.
+
+    Whatever this function starts it also closes; a given client is left open.
+    """
+    if client is not None:
+        yield client
+        return
+    from distributed import Client
+
+    if config.address is not None:
+        active = _connect(config)
+        try:
+            yield active
+        finally:
+            active.close()
+        return
+    cluster = _local_cluster(config)
+    try:
+        with Client(cluster) as active:
+            if active.dashboard_link:
+                log.info("Dask dashboard: %s", active.dashboard_link)
+            yield active
+    finally:
+        cluster.close()
+
+
+def _connect(config: ClusterConfig) -> Any:
+    from distributed import Client
+
+    if config.address is not None and config.address.startswith("ucx://"):
+        _require_ucx()
+    try:
+        client = Client(config.address, timeout=config.connect_timeout)
+    except (OSError, TimeoutError) as err:
+        raise InputError(
+            "cluster.address",
+            f"no scheduler answered at {config.address} within {config.connect_timeout:g} s "
+            f"({type(err).__name__})",
+        ) from None
+    log.info("connected to %s (%d workers)", config.address, len(_workers(client)))
+    return client
+
+
+def _workers(client: Any) -> list[str]:
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _require_ucx() -> None:
+    if importlib.util.find_spec("distributed_ucxx") is None:
+        raise InputError(
+            "cluster.protocol", "ucx needs the distributed-ucxx package (the gpu extra)"
+        )
+
+
+def _local_cluster(config: ClusterConfig) -> Any:
+    backend = resolve_backend(config.backend)
+    if config.protocol == "ucx":
+        _require_ucx()
+    dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+    if backend == "cupy":
+        from dask_cuda import LocalCUDACluster
+
+        kwargs: dict[str, Any] = {"protocol": config.protocol, "dashboard_address": dashboard}
+        if config.n_workers is not None:
+            kwargs["CUDA_VISIBLE_DEVICES"] = list(range(config.n_workers))
+        return LocalCUDACluster(**kwargs)
+    from distributed import LocalCluster
+
+    n_workers = config.n_workers or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = config.threads_per_worker or max(1, (cores or 1) // n_workers)
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads,
+        processes=True,
+        protocol=config.protocol,
+        dashboard_address=dashboard,
+        env={"PTYCHOGRAPH_FFT_WORKERS": str(threads)},
+    )

@@ -1,0 +1,371 @@
+"""Frames stores: a scan as a chunked Zarr group, read chunk by chunk by Dask workers.
+
+``ptychograph convert IN.cxi OUT.zarr`` writes one (:func:`convert_to_store`). The group holds
+
+* ``frames`` (frame, py, px) float32, chunked (chunk_frames, H, W), Blosc/Zstd + bit-shuffle;
+* ``positions`` (frame, axis) float64 (y, x) metres;
+* ``mask`` (py, px) bool, True at bad pixels, and ``illumination`` (probe_mode, py, px)
+  complex64, both optional;
+* root attributes ``format``, ``format_version``, ``geometry`` and ``ptychograph_version``.
+
+A run then needs no source file: :func:`read_store_info` reads everything but the frames, and
+each worker calls :func:`read_frames` for its own range, opening the store itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+import zarr.codecs
+import zarr.errors
+
+from ptychograph.errors import InputError
+from ptychograph.io.validate import validate_frames
+from ptychograph.scan import Geometry, Scan
+
+FORMAT = "ptychograph-frames"
+FORMAT_VERSION = 1
+#: Default bytes per frames chunk: large enough to amortise a read, small enough for a worker.
+TARGET_CHUNK_BYTES = 32 * 2**20
+#: Files that mark a directory as a Zarr store (v3, and v2 group/array).
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+#: numpy dtype kinds accepted for real-valued and for possibly complex arrays.
+REAL_KINDS = "biuf"
+NUMERIC_KINDS = "biufc"
+
+
+def _compressor() -> zarr.codecs.BloscCodec:
+    """Blosc/Zstd level 5 with bit-shuffle: fast, and good on photon counts stored as float32."""
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """Everything in a frames store but the frames.
+
+    path : the store. n_frames : N. frame_shape : (H, W). chunk_frames : frames per chunk.
+    positions : (N, 2) float64 (y, x) metres. geometry : detector geometry.
+    mask : (H, W) bool (True = bad) or None. illumination : (M, H, W) complex64 or None.
+    """
+
+    path: Path
+    n_frames: int
+    frame_shape: tuple[int, int]
+    chunk_frames: int
+    positions: np.ndarray
+    geometry: Geometry
+    mask: np.ndarray | None = None
+    illumination: np.ndarray | None = None
+
+
+def default_chunk_frames(
+    frame_shape: tuple[int, int], itemsize: int = 4, target_bytes: int = TARGET_CHUNK_BYTES
+) -> int:
+    """Frames per chunk so a chunk of (n, H, W) ``itemsize``-byte pixels is about
+    ``target_bytes`` (32 MiB by default: 128 frames of 256 x 256 float32); at least 1."""
+    frame_bytes = max(1, int(frame_shape[0]) * int(frame_shape[1]) * int(itemsize))
+    return max(1, int(target_bytes) // frame_bytes)
+
+
+def chunk_ranges(n_frames: int, chunk_frames: int) -> list[tuple[int, int]]:
+    """The store's chunk boundaries as [(start, stop), ...] covering frames 0..n_frames."""
+    if chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    return [
+        (start, min(start + chunk_frames, n_frames)) for start in range(0, n_frames, chunk_frames)
+    ]
+
+
+def is_frames_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory that looks like a Zarr store (checked fully on read)."""
+    folder = Path(path)
+    return folder.is_dir() and any((folder / marker).is_file() for marker in ZARR_MARKERS)
+
+
+def convert_to_store(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    chunk_frames: int | None = None,
+    overwrite: bool = False,
+    nonfinite: Literal["error", "drop"] = "error",
+    negative: Literal["error", "clip"] = "error",
+) -> list[str]:
+    """Read ``source`` (CXI), check its frames (:func:`validate_frames`), write a frames store.
+
+    Returns the validation notes (dropped or clipped frames). Nothing is written when the
+    source or its frames are refused.
+    """
+    from ptychograph.io import load_scan  # the package imports this module
+
+    _check_target(Path(target), overwrite)
+    scan, notes = validate_frames(load_scan(source), nonfinite=nonfinite, negative=negative)
+    write_frames_store(scan, target, chunk_frames=chunk_frames, overwrite=overwrite)
+    return notes
+
+
+def write_frames_store(
+    scan: Scan,
+    path: str | os.PathLike[str],
+    chunk_frames: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write ``scan`` as a frames store at ``path``, atomically.
+
+    frames (N, H, W) float32 in chunks of (chunk_frames, H, W), default from
+    :func:`default_chunk_frames`; written chunk by chunk into a hidden directory beside
+    ``path`` that replaces ``path`` only once complete. On failure ``path`` is untouched.
+    """
+    target = Path(path)
+    _check_target(target, overwrite)
+    if chunk_frames is None:
+        chunk_frames = default_chunk_frames(scan.geometry.frame_shape)
+    whole = isinstance(chunk_frames, int | np.integer) and not isinstance(chunk_frames, bool)
+    if not whole or chunk_frames < 1:
+        raise InputError("chunk_frames", f"must be a whole number >= 1, got {chunk_frames!r}")
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        _write_group(scan, tmp, int(chunk_frames))
+        _swap_into_place(tmp, target)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse an existing target without ``overwrite``, a missing parent, or a directory
+    that is not a Zarr store (``--overwrite`` must not delete an unrelated folder)."""
+    if not target.parent.is_dir():
+        raise InputError("output", f"{target.parent} does not exist or is not a directory")
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        raise InputError("output", f"{target} exists; pass --overwrite to replace it")
+    if target.is_dir() and any(target.iterdir()) and not is_frames_store(target):
+        raise InputError("output", f"{target} is a directory but not a Zarr store; not replacing")
+
+
+def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
+    """Create the store in ``folder``: arrays, then frames chunk by chunk, attributes last."""
+    n_frames, height, width = scan.frames.shape
+    group = zarr.open_group(folder, mode="w-", zarr_format=3)
+    frames = group.create_array(
+        "frames",
+        shape=(n_frames, height, width),
+        chunks=(max(1, min(chunk_frames, n_frames)), height, width),
+        dtype="float32",
+        compressors=_compressor(),
+        dimension_names=("frame", "py", "px"),
+    )
+    for start, stop in chunk_ranges(n_frames, frames.chunks[0]):
+        frames[start:stop] = np.asarray(scan.frames[start:stop], dtype=np.float32)
+    positions = np.asarray(scan.positions, dtype=np.float64)
+    group.create_array("positions", data=positions, dimension_names=("frame", "axis"))
+    if scan.mask is not None:
+        mask = np.asarray(scan.mask, dtype=bool)
+        group.create_array("mask", data=mask, dimension_names=("py", "px"))
+    if scan.illumination is not None:
+        probe = np.asarray(scan.illumination, dtype=np.complex64).reshape(-1, height, width)
+        group.create_array("illumination", data=probe, dimension_names=("probe_mode", "py", "px"))
+    group.attrs.update(_root_attrs(scan.geometry))
+
+
+def _root_attrs(geometry: Geometry) -> dict[str, Any]:
+    """Format marker, version and geometry (JSON floats round-trip exactly)."""
+    from ptychograph import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "geometry": {
+            "wavelength_m": float(geometry.wavelength),
+            "distance_m": float(geometry.distance),
+            "detector_pixel_m": [float(size) for size in geometry.detector_pixel],
+            "frame_shape": [int(size) for size in geometry.frame_shape],
+        },
+        "ptychograph_version": __version__,
+    }
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing target is moved aside and restored on error."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    old = target.parent / f".{target.name}.{uuid.uuid4().hex}.old"
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or directory tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_store_info(path: str | os.PathLike[str]) -> StoreInfo:
+    """Open and check the frames store at ``path``; read all of it but the frames.
+
+    Raises InputError("data.path", "<path>: <problem>") when it is not a readable frames store.
+    """
+    store = Path(path)
+    group = _open_group(store)
+    frames = _array(group, store, "frames", (3,), "(N, H, W)")
+    n_frames, height, width = (int(size) for size in frames.shape)
+    if n_frames == 0 or height == 0 or width == 0:
+        raise _store_error(store, f"frames have shape {frames.shape}, expected N, H, W >= 1")
+    positions = _read_positions(group, store, n_frames)
+    geometry = _read_geometry(group.attrs.asdict(), store, (height, width))
+    return StoreInfo(
+        path=store,
+        n_frames=n_frames,
+        frame_shape=(height, width),
+        chunk_frames=int(frames.chunks[0]),
+        positions=positions,
+        geometry=geometry,
+        mask=_read_optional(group, store, "mask", (height, width)),
+        illumination=_read_optional(group, store, "illumination", (height, width)),
+    )
+
+
+def read_frames(path: str | os.PathLike[str], start: int, stop: int) -> np.ndarray:
+    """Frames ``start:stop`` of the store at ``path``: (stop - start, H, W) float32.
+
+    Opens the store afresh on every call, so a Dask worker in another process can call it
+    with nothing but the path; reads only the chunks that overlap the range.
+    """
+    array = zarr.open_array(Path(path), path="frames", mode="r")
+    n_frames = int(array.shape[0])
+    if not 0 <= start <= stop <= n_frames:
+        raise ValueError(f"frame range {start}:{stop} outside 0:{n_frames}")
+    return np.asarray(array[start:stop], dtype=np.float32)
+
+
+def read_store_scan(path: str | os.PathLike[str]) -> Scan:
+    """The whole store as a :class:`Scan` (all frames (N, H, W) float32 in memory)."""
+    info = read_store_info(path)
+    return Scan(
+        frames=read_frames(info.path, 0, info.n_frames),
+        positions=info.positions,
+        geometry=info.geometry,
+        mask=info.mask,
+        illumination=info.illumination,
+    )
+
+
+def _store_error(store: Path, problem: str) -> InputError:
+    return InputError("data.path", f"{store}: {problem}")
+
+
+def _open_group(store: Path) -> zarr.Group:
+    """The root group, checked to carry this format's marker and a version this code reads."""
+    if not store.exists():
+        raise _store_error(store, "does not exist")
+    try:
+        group = zarr.open_group(store, mode="r", use_consolidated=False)
+    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise _store_error(store, f"is not a Zarr store ({reason})") from exc
+    attrs = group.attrs.asdict()
+    if attrs.get("format") != FORMAT:
+        problem = f"format attribute is {attrs.get('format')!r}, expected {FORMAT!r}"
+        raise _store_error(store, f"is not a ptychograph frames store ({problem})")
+    version = attrs.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _store_error(store, f"format_version is {version!r}, expected an integer >= 1")
+    if version > FORMAT_VERSION:
+        problem = f"has format_version {version}; this ptychograph reads up to {FORMAT_VERSION}"
+        raise _store_error(store, f"{problem} (upgrade ptychograph)")
+    return group
+
+
+def _array(
+    group: zarr.Group,
+    store: Path,
+    name: str,
+    ranks: tuple[int, ...],
+    expected: str,
+    kinds: str = REAL_KINDS,
+) -> zarr.Array:
+    """The array ``name``, refused when missing, not an array, of the wrong kind or rank."""
+    if name not in group:
+        raise _store_error(store, f"missing array {name!r}")
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise _store_error(store, f"{name!r} is a group, expected an array {expected}")
+    if np.dtype(node.dtype).kind not in kinds:
+        raise _store_error(store, f"{name!r} has dtype {node.dtype}, expected numbers")
+    if len(node.shape) not in ranks:
+        raise _store_error(store, f"{name!r} has shape {node.shape}, expected {expected}")
+    return node
+
+
+def _read_positions(group: zarr.Group, store: Path, n_frames: int) -> np.ndarray:
+    """Positions (N, 2) float64 (y, x) metres: one finite pair per frame."""
+    array = _array(group, store, "positions", (2,), "(N, 2) (y, x) in metres")
+    if array.shape[1] != 2:
+        raise _store_error(store, f"'positions' has shape {array.shape}, expected (N, 2)")
+    if array.shape[0] != n_frames:
+        problem = f"'positions' has {array.shape[0]} rows but 'frames' has {n_frames} frames"
+        raise _store_error(store, problem)
+    positions = np.asarray(array[...], dtype=np.float64)
+    if not np.isfinite(positions).all():
+        raise _store_error(store, "'positions' contains NaN or Inf")
+    return positions
+
+
+def _read_optional(
+    group: zarr.Group, store: Path, name: str, frame_shape: tuple[int, int]
+) -> np.ndarray | None:
+    """``mask`` (H, W) -> bool, or ``illumination`` (M, H, W) -> finite complex64; or None."""
+    if name not in group:
+        return None
+    if name == "mask":
+        array = _array(group, store, name, (2,), f"(H, W) = {frame_shape}")
+        if tuple(array.shape) != frame_shape:
+            raise _store_error(store, f"'mask' has shape {array.shape}, expected {frame_shape}")
+        return np.asarray(array[...]) != 0
+    expected = f"(M, H, W) with (H, W) = {frame_shape}"
+    array = _array(group, store, name, (3,), expected, NUMERIC_KINDS)
+    if tuple(array.shape[1:]) != frame_shape or array.shape[0] == 0:
+        problem = f"has shape {array.shape}, expected (M, H, W) with (H, W) = {frame_shape}"
+        raise _store_error(store, f"'illumination' {problem}")
+    probe = np.asarray(array[...]).astype(np.complex64)
+    if not np.isfinite(probe).all():
+        raise _store_error(store, "'illumination' contains NaN or Inf")
+    return probe
+
+
+def _read_geometry(attrs: dict[str, Any], store: Path, frame_shape: tuple[int, int]) -> Geometry:
+    """The ``geometry`` attribute: positive finite lengths, frame_shape equal to the frames'."""
+    raw: Any = attrs.get("geometry")
+    try:
+        wavelength = float(raw["wavelength_m"])
+        distance = float(raw["distance_m"])
+        pixel_y, pixel_x = (float(size) for size in raw["detector_pixel_m"])
+        shape = tuple(int(size) for size in raw["frame_shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        problem = "wavelength_m, distance_m, detector_pixel_m [y, x] and frame_shape [H, W]"
+        raise _store_error(store, f"geometry attribute {raw!r} lacks {problem}") from exc
+    lengths = {"wavelength_m": wavelength, "distance_m": distance}
+    lengths |= {"detector_pixel_m[0]": pixel_y, "detector_pixel_m[1]": pixel_x}
+    for name, value in lengths.items():
+        if not (math.isfinite(value) and value > 0):
+            raise _store_error(store, f"geometry {name} must be positive and finite, got {value}")
+    if shape != frame_shape:
+        raise _store_error(store, f"geometry frame_shape {list(shape)} != frames {frame_shape}")
+    return Geometry(wavelength, distance, (pixel_y, pixel_x), frame_shape)
