@@ -159,6 +159,13 @@ class ClusterConfig(_Section):
     lookahead: int = Field(
         2, ge=0, le=16, description="Iterations submitted ahead of the one being reported."
     )
+    sync_every: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Iterations between client synchronisations: the estimates are fetched and "
+        "re-sent, which cuts the task lineage so the scheduler's state stays bounded.",
+    )
     chunk_frames: int | None = Field(
         None, ge=1, description="Frames per Zarr chunk when converting (default: ~32 MB)."
     )

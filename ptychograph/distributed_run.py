@@ -10,8 +10,11 @@ Every iteration is submitted as futures (DESIGN.md "Data flow on a cluster"; the
     stats_task (error, eps_P, eps_O)  ->  the client, for progress and history
 
 The client stays ``lookahead`` iterations ahead of the one it reports, and holds references
-only to the newest estimates and the pending metrics: finished iterations are forgotten by the
-scheduler, so its task count and the workers' memory stay flat however long the run.
+only to the newest estimates and the pending metrics. Futures alone would still keep their
+lineage (the scheduler keeps every released ancestor of a wanted future so that it could
+recompute it), so every ``sync_every`` iterations the client fetches the estimates (and the
+running average) and scatters them again as fresh data: the old chain is then forgotten, and the
+scheduler's task count and the workers' memory stay flat however long the run.
 """
 
 from __future__ import annotations
@@ -202,6 +205,12 @@ class DaskRun:
         stats = self.client.submit(stats_task, update, est, new, key=f"stats-{tag}-{self.name}")
         return new, stats
 
+    def rebase(self, future: Any) -> Any:
+        """The same value as a fresh future with no lineage (fetched, then scattered again)."""
+        value = future.result()
+        [fresh] = self.client.scatter([value], workers=self.workers, hash=False)
+        return fresh
+
     def iterate(
         self,
         est: Any,
@@ -209,6 +218,7 @@ class DaskRun:
         settings: Settings,
         lookahead: int,
         callback: Callback | None = None,
+        sync_every: int = 10,
     ) -> tuple[State, History]:
         """Run the iterations with ``lookahead`` submitted ahead; returns final state, history."""
         history = History()
@@ -221,6 +231,9 @@ class DaskRun:
             if k >= average_from:
                 total = self.client.submit(accumulate, total, est, key=f"avg-{k}-{self.name}")
             pending.append(stats)
+            if (k + 1) % sync_every == 0 and k + 1 < settings.iterations:
+                est = self.rebase(est)
+                total = None if total is None else self.rebase(total)
             while len(pending) > lookahead or (k == settings.iterations - 1 and pending):
                 error, probe_change, object_change = pending.popleft().result()
                 now = time.perf_counter()
@@ -273,7 +286,12 @@ def run_distributed(
         problem = prepare(summary, config)
         est = run.init(problem.state)
         state, history = run.iterate(
-            est, problem.state, settings_from(config), config.cluster.lookahead, callback
+            est,
+            problem.state,
+            settings_from(config),
+            config.cluster.lookahead,
+            callback,
+            config.cluster.sync_every,
         )
     finally:
         run.close()

@@ -47,7 +47,7 @@ def check_output_free(path: Path, overwrite: bool, figure: bool = True) -> None:
 def result_dataset(result: Result) -> xr.Dataset:
     """The result as an xarray Dataset (see module docstring)."""
     state, history, problem = result.state, result.history, result.problem
-    geometry = problem.scan.geometry
+    geometry = problem.summary.geometry
     dy, dx = geometry.object_pixel
     probe = _host(state.probe)
     probe, _ = orthogonalise(probe)
@@ -57,7 +57,7 @@ def result_dataset(result: Result) -> xr.Dataset:
         "object": (("obj_mode", "y", "x"), obj),
         "probe": (("probe_mode", "py", "px"), probe),
         "view_origin": (("frame", "axis"), problem.origins),
-        "position": (("frame", "axis"), problem.scan.positions),
+        "position": (("frame", "axis"), problem.summary.positions),
         "fourier_error": (("iteration",), np.asarray(history.fourier_error)),
         "probe_change": (("iteration",), np.asarray(history.probe_change)),
         "object_change": (("iteration",), np.asarray(history.object_change)),

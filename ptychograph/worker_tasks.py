@@ -99,7 +99,8 @@ class ViewStore(WorkerPlugin):
 def _store(name: str) -> ViewStore:
     from distributed import get_worker
 
-    store: ViewStore = get_worker().plugins[name]
+    store = get_worker().plugins[name]
+    assert isinstance(store, ViewStore), f"{name} is not a ptychograph view store"
     return store
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ptychograph.config import parse_config
-from ptychograph.engine import reconstruct
+from ptychograph.engine import reconstruct_in_process
 from ptychograph.io.cxi import write_cxi
 from ptychograph.scan import HC_EV_M, Geometry, Scan
 
@@ -47,7 +47,7 @@ def test_siemens_star_reaches_stated_error(tmp_path: Path) -> None:
             "output": {"path": str(tmp_path / "star.zarr")},
         }
     )
-    result = reconstruct(config, write=False)
+    result = reconstruct_in_process(config)
     errors = np.asarray(result.history.fourier_error)
     assert np.allclose(scan.geometry.object_pixel, 1e-8)
     np.testing.assert_allclose(

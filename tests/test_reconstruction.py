@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ptychograph.config import parse_config
-from ptychograph.engine import reconstruct
+from ptychograph.engine import reconstruct_in_process
 from ptychograph.io.cxi import write_cxi
 from ptychograph.metrics import illumination, relative_error
 from ptychograph.modes import power_shares
@@ -28,7 +28,7 @@ def _run(cxi: Path, **reconstruction):  # type: ignore[no-untyped-def]
             "output": {"path": str(cxi.with_suffix(".zarr"))},
         }
     )
-    return reconstruct(config, write=False)
+    return reconstruct_in_process(config)
 
 
 def _lit(sim) -> np.ndarray:  # type: ignore[no-untyped-def]
