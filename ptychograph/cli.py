@@ -1,4 +1,4 @@
-"""Command line: ``ptychograph run | simulate | demo``.
+"""Command line: ``ptychograph run | convert | simulate | demo``.
 
 Bad input of any kind ends with one line ``error: FIELD: PROBLEM`` on stderr and exit code 2,
 without a traceback and without touching existing outputs.
@@ -56,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--overwrite", action="store_true")
     sim.set_defaults(func=cmd_simulate)
 
+    conv = sub.add_parser("convert", help="write a scan as a chunked Zarr frames store")
+    conv.add_argument("source", type=Path, help="CXI file (or a frames store to re-chunk)")
+    conv.add_argument("target", type=Path, help="Zarr store to write (e.g. frames.zarr)")
+    conv.add_argument("--chunk-frames", type=int, default=None, help="frames per chunk")
+    conv.add_argument("--nonfinite", choices=["error", "drop"], default="error")
+    conv.add_argument("--negative", choices=["error", "clip"], default="error")
+    conv.add_argument("--overwrite", action="store_true")
+    conv.set_defaults(func=cmd_convert)
+
     demo = sub.add_parser("demo", help="simulate a small fly scan and reconstruct it")
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
     demo.add_argument("--iterations", type=int, default=150)
@@ -103,6 +112,30 @@ def _progress(total: int):
             )
 
     return report
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ptychograph.io.zarr_store import convert_to_store, read_store_info
+
+    notes = convert_to_store(
+        args.source,
+        args.target,
+        chunk_frames=args.chunk_frames,
+        overwrite=args.overwrite,
+        nonfinite=args.nonfinite,
+        negative=args.negative,
+    )
+    for note in notes:
+        log.warning("%s", note)
+    info = read_store_info(args.target)
+    log.info(
+        "wrote %s: %d frames of %d x %d in chunks of %d frames",
+        args.target,
+        info.n_frames,
+        *info.frame_shape,
+        info.chunk_frames,
+    )
+    return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -245,3 +245,24 @@ def test_run_against_real_scheduler_and_workers(scan_path, tmp_path) -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=30)
+
+
+def test_convert_cli_and_run_from_store(cluster_client, scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ptychograph.cli import main
+    from ptychograph.io import load_scan
+    from ptychograph.io.zarr_store import read_store_info
+
+    store = tmp_path / "frames.zarr"
+    assert main(["convert", str(scan_path), str(store), "--chunk-frames", "12"]) == 0
+    assert read_store_info(store).chunk_frames == 12
+    a, b = load_scan(scan_path), load_scan(store)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    assert main(["convert", str(scan_path), str(store)]) == 2  # refuses to overwrite
+    from_cxi = reconstruct(
+        _config(scan_path, tmp_path / "a.zarr"), client=cluster_client, write=False
+    )
+    from_store = reconstruct(
+        _config(store, tmp_path / "b.zarr"), client=cluster_client, write=False
+    )
+    np.testing.assert_allclose(from_store.state.obj, from_cxi.state.obj, rtol=0, atol=1e-10)

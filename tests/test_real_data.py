@@ -1,5 +1,6 @@
 """A real measured scan (Siemens star, Velociprobe at the APS, from tike's BSD-licensed test
-data; see tests/data/LICENSE-tike.txt) written as CXI and reconstructed end to end."""
+data; see tests/data/LICENSE-tike.txt) written as CXI and reconstructed end to end on a local
+Dask cluster."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from ptychograph.config import parse_config
-from ptychograph.engine import reconstruct_in_process
+from ptychograph.engine import reconstruct
+from ptychograph.results import open_result
 from ptychograph.io.cxi import write_cxi
 from ptychograph.scan import HC_EV_M, Geometry, Scan
 
@@ -45,9 +47,14 @@ def test_siemens_star_reaches_stated_error(tmp_path: Path) -> None:
             "data": {"path": str(path)},
             "reconstruction": {"iterations": 40, "probe_modes": 1},
             "output": {"path": str(tmp_path / "star.zarr")},
+            "cluster": {"n_workers": 2, "threads_per_worker": 1},
         }
     )
-    result = reconstruct_in_process(config)
+    result = reconstruct(config)  # the full path: Zarr frames, a local 2-worker cluster
+    with open_result(tmp_path / "star.zarr") as ds:
+        np.testing.assert_allclose(ds["fourier_error"].values, result.history.fourier_error)
+        assert ds.attrs["geometry"]["object_pixel_m"] == [1e-8, 1e-8]
+    assert (tmp_path / "star.png").stat().st_size > 10_000
     errors = np.asarray(result.history.fourier_error)
     assert np.allclose(scan.geometry.object_pixel, 1e-8)
     np.testing.assert_allclose(
