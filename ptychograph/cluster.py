@@ -102,6 +102,8 @@ def _require_ucx() -> None:
 
 
 def _local_cluster(config: ClusterConfig) -> Any:
+    import dask
+
     backend = resolve_backend(config.backend)
     if config.protocol == "ucx":
         _require_ucx()
@@ -112,17 +114,25 @@ def _local_cluster(config: ClusterConfig) -> Any:
         kwargs: dict[str, Any] = {"protocol": config.protocol, "dashboard_address": dashboard}
         if config.n_workers is not None:
             kwargs["CUDA_VISIBLE_DEVICES"] = list(range(config.n_workers))
-        return LocalCUDACluster(**kwargs)
+        with dask.config.set(WORKER_ENVIRON):
+            return LocalCUDACluster(**kwargs)
     from distributed import LocalCluster
 
     n_workers = config.n_workers or 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads = config.threads_per_worker or max(1, (cores or 1) // n_workers)
-    return LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads,
-        processes=True,
-        protocol=config.protocol,
-        dashboard_address=dashboard,
-        env={"PTYCHOGRAPH_FFT_WORKERS": str(threads)},
-    )
+    with dask.config.set(WORKER_ENVIRON):
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            processes=True,
+            protocol=config.protocol,
+            dashboard_address=dashboard,
+            env={"PTYCHOGRAPH_FFT_WORKERS": str(threads)},
+        )
+
+
+#: Dask sets MALLOC_TRIM_THRESHOLD_ in worker processes; any explicit value turns off glibc's
+#: adaptive mmap threshold, so every large temporary array is mmapped and page-faulted anew.
+#: Measured on the demo's iteration: 1.6-2x slower. Local clusters start without it.
+WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}

@@ -12,11 +12,12 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ptychograph.backend import complex_dtype, real_dtype
-from ptychograph.config import Config
+from ptychograph.config import Config, load_config, parse_config
 from ptychograph.errors import InputError
 from ptychograph.geometry import object_shape, view_origins
 from ptychograph.initial import (
@@ -225,7 +226,7 @@ def reconstruct_in_process(
 
 
 def reconstruct(
-    config: Config,
+    config: Config | str | Path | dict[str, Any],
     client: object | None = None,
     progress: Callback | None = None,
     write: bool = True,
@@ -234,9 +235,14 @@ def reconstruct(
 ) -> Result:
     """Reconstruct the scan of ``config`` on a Dask cluster and write the result.
 
+    config : a :class:`Config`, a YAML path, or the YAML's content as a dict.
     client : a ``distributed.Client`` to use (e.g. a notebook's); when None, the ``cluster``
     section says what to start or connect to. workers : restrict to these worker addresses.
     """
+    if isinstance(config, str | Path):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = parse_config(config)
     from ptychograph.cluster import open_client
     from ptychograph.distributed_run import run_distributed
     from ptychograph.results import check_output_free, write_result

@@ -13,8 +13,8 @@ import pytest
 
 from ptychograph.config import parse_config
 from ptychograph.engine import reconstruct
-from ptychograph.results import open_result
 from ptychograph.io.cxi import write_cxi
+from ptychograph.results import open_result
 from ptychograph.scan import HC_EV_M, Geometry, Scan
 
 DATA = Path(__file__).parent / "data" / "siemens-star-small.npz.bz2"
