@@ -266,3 +266,19 @@ def test_convert_cli_and_run_from_store(cluster_client, scan_path, tmp_path) -> 
         _config(store, tmp_path / "b.zarr"), client=cluster_client, write=False
     )
     np.testing.assert_allclose(from_store.state.obj, from_cxi.state.obj, rtol=0, atol=1e-10)
+
+
+def test_cluster_options_fail_clearly_without_their_packages(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    from ptychograph.cluster import gpu_count
+
+    if importlib.util.find_spec("distributed_ucxx") is None:
+        config = _config(scan_path, tmp_path / "r.zarr", cluster={"protocol": "ucx"})
+        with pytest.raises(InputError, match="cluster.protocol"):
+            reconstruct(config, write=False)
+    if gpu_count() == 0:
+        config = _config(scan_path, tmp_path / "r.zarr", cluster={"backend": "cupy"})
+        with pytest.raises(InputError, match="cluster.backend"):
+            reconstruct(config, write=False)
+    assert not any(p.name.startswith(".r") for p in tmp_path.iterdir())
