@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path)
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    run.add_argument(
+        "--resume", action="store_true", help="continue from the run's last checkpoint"
+    )
     run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser("simulate", help="simulate a scan and write it as CXI (+ truth .npz)")
@@ -79,7 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     start = time.perf_counter()
     result = reconstruct(
-        config, progress=_progress(config.reconstruction.iterations), overwrite=args.overwrite
+        config,
+        progress=_progress(config.reconstruction.iterations),
+        overwrite=args.overwrite,
+        resume=args.resume,
     )
     shares = ", ".join(f"{100 * s:.1f} %" for s in _shares(result.state.probe))
     log.info(

@@ -120,6 +120,19 @@ class OutputConfig(_Section):
 
     path: Path = Field(Path("result.zarr"), description="Result Zarr store.")
     figure: bool = Field(True, description="Also write a PNG summary beside the store.")
+    checkpoint_every: int = Field(
+        25, ge=0, le=1_000_000, description="Iterations between checkpoints (0 = none)."
+    )
+    checkpoint: Path | None = Field(
+        None, description="Checkpoint store (default: <output stem>.checkpoint.zarr beside it)."
+    )
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where checkpoints go."""
+        if self.checkpoint is not None:
+            return self.checkpoint
+        return self.path.with_name(self.path.stem + ".checkpoint.zarr")
 
     @field_validator("path")
     @classmethod
@@ -271,7 +284,12 @@ def resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={
             "data": config.data.model_copy(update={"path": fix(config.data.path)}),
-            "output": config.output.model_copy(update={"path": fix(config.output.path)}),
+            "output": config.output.model_copy(
+                update={
+                    "path": fix(config.output.path),
+                    "checkpoint": fix(config.output.checkpoint),
+                }
+            ),
             "initial": config.initial.model_copy(
                 update={
                     "probe_path": fix(config.initial.probe_path),

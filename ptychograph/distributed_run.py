@@ -1,4 +1,5 @@
-"""Client side of a distributed run: placement, the per-iteration task graph, progress.
+"""Client side of a distributed run: placement, the per-iteration task graph, progress,
+synchronisation points, checkpoints and recovery from lost workers.
 
 Every iteration is submitted as futures (DESIGN.md "Data flow on a cluster"; the tasks are in
 :mod:`ptychograph.worker_tasks`):
@@ -9,12 +10,17 @@ Every iteration is submitted as futures (DESIGN.md "Data flow on a cluster"; the
     finish_step (orthogonalise)  ->  next iteration's update_task inputs
     stats_task (error, eps_P, eps_O)  ->  the client, for progress and history
 
-The client stays ``lookahead`` iterations ahead of the one it reports, and holds references
-only to the newest estimates and the pending metrics. Futures alone would still keep their
-lineage (the scheduler keeps every released ancestor of a wanted future so that it could
-recompute it), so every ``sync_every`` iterations the client fetches the estimates (and the
-running average) and scatters them again as fresh data: the old chain is then forgotten, and the
-scheduler's task count and the workers' memory stay flat however long the run.
+The client stays ``lookahead`` iterations ahead of the one it reports and holds references only
+to the newest estimates and the pending metrics. Futures alone would still keep their lineage
+(the scheduler keeps every released ancestor of a wanted future so that it could recompute it),
+so every ``sync_every`` iterations (and at every checkpoint) the client fetches the estimates
+and the running average and scatters them again as fresh data: the old chain is forgotten, and
+the scheduler's task count and the workers' memory stay flat however long the run.
+
+A sync point is also where a run restarts when a worker is lost: the lost worker's frames are
+re-read from the Zarr store by surviving (or replacement) workers, every exit wave is rebuilt
+from the sync point's probe and object (psi = P O, a consistent DM state), and the iterations
+since the sync point are redone. At most ``sync_every`` iterations of work are repeated.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +46,43 @@ from ptychograph.worker_tasks import (
     accumulate,
     combine,
     finish_step,
-    init_task,
     load_task,
     object_partials_task,
     object_step,
     probe_partials_task,
     probe_step,
+    reset_task,
     stats_task,
     update_task,
 )
 
 log = logging.getLogger("ptychograph")
+
+#: Restarts from a sync point after lost workers before the run gives up.
+MAX_RECOVERIES = 5
+
+
+class WorkerLost(RuntimeError):
+    """A worker holding views left the cluster."""
+
+
+@dataclass
+class SyncPoint:
+    """The estimates after ``iteration`` completed iterations, held on the client.
+
+    average : running sums of the estimates of the last ``average_count`` iterations (the
+    averaging window so far, or None) and ``history`` the metrics of the iterations so far.
+    """
+
+    iteration: int
+    estimates: Estimates
+    average: Estimates | None
+    history: History = field(default_factory=History)
+    average_count: int = 0
+
+
+#: Called at checkpoint iterations with the sync point.
+CheckpointHook = Callable[[SyncPoint], None]
 
 
 def assign_ranges(n_frames: int, chunk_frames: int, n_workers: int) -> list[list[tuple[int, int]]]:
@@ -66,6 +99,29 @@ def assign_ranges(n_frames: int, chunk_frames: int, n_workers: int) -> list[list
     return out
 
 
+def reassign(
+    placement: dict[str, list[tuple[int, int]]], alive: Sequence[str], limit: int | None
+) -> tuple[dict[str, list[tuple[int, int]]], dict[str, list[tuple[int, int]]]]:
+    """Give the ranges of workers that are gone to live ones (new workers first, then the least
+    loaded). Returns the new placement and, per receiving worker, the ranges it must load."""
+    from ptychograph.errors import InputError
+
+    kept = {w: list(r) for w, r in placement.items() if w in alive}
+    lost = [rng for w, ranges in placement.items() if w not in alive for rng in ranges]
+    spare = [w for w in alive if w not in kept]
+    room = (limit or len(alive)) - len(kept)
+    for w in spare[: max(room, 0)]:
+        kept[w] = []
+    if not kept:
+        raise InputError("cluster", "every worker of the run was lost and none replaced them")
+    moved: dict[str, list[tuple[int, int]]] = {}
+    for rng in lost:
+        target = min(kept, key=lambda w: sum(b - a for a, b in kept[w]))
+        kept[target].append(rng)
+        moved.setdefault(target, []).append(rng)
+    return kept, moved
+
+
 def select_workers(client: Any, limit: int | None, given: Sequence[str] | None) -> list[str]:
     """Worker addresses to use: ``given``, else the client's, at most ``limit`` of them."""
     from ptychograph.errors import InputError
@@ -77,13 +133,22 @@ def select_workers(client: Any, limit: int | None, given: Sequence[str] | None) 
 
 
 class DaskRun:
-    """One reconstruction's footprint on a cluster: a worker plugin and its tasks."""
+    """One reconstruction's footprint on a cluster: a worker plugin, its views and tasks."""
 
-    def __init__(self, client: Any, workers: list[str]) -> None:
+    def __init__(self, client: Any, store: Path, origins: np.ndarray, config: Config) -> None:
         self.client = client
-        self.workers = workers
+        self.store = store
+        self.origins = origins
+        self.config = config
+        self.placement: dict[str, list[tuple[int, int]]] = {}
+        self.good: np.ndarray | None = None
+        self.last_sync: SyncPoint | None = None
         self.name = f"ptychograph-{uuid.uuid4().hex[:12]}"
         client.register_plugin(ViewStore(), name=self.name)
+
+    @property
+    def workers(self) -> list[str]:
+        return list(self.placement)
 
     def close(self) -> None:
         """Drop the views from every worker."""
@@ -105,51 +170,41 @@ class DaskRun:
     def _reduce(self, futures: list[Any], key: str) -> Any:
         level = 0
         while len(futures) > 1:
-            paired = [
+            futures = [
                 self.client.submit(
                     combine, *futures[i : i + 2], key=f"{key}-{level}-{i}-{self.name}"
                 )
                 for i in range(0, len(futures), 2)
             ]
-            futures, level = paired, level + 1
+            level += 1
         return futures[0]
 
-    def load(
-        self,
-        path: Path,
-        ranges: list[list[tuple[int, int]]],
-        origins: np.ndarray,
-        good: np.ndarray | None,
-        config: Config,
-    ) -> FrameStats:
-        """Every worker reads its own frames from the store; returns the reduced frame sums."""
-        rec = config.reconstruction
+    def load(self, ranges: dict[str, list[tuple[int, int]]], good: np.ndarray | None) -> FrameStats:
+        """Each named worker reads its ranges from the store; returns the reduced frame sums."""
+        rec = self.config.reconstruction
         futures = []
-        for i, (worker, mine) in enumerate(zip(self.workers, ranges, strict=True)):
+        for worker, mine in ranges.items():
             rows = np.concatenate([np.arange(a, b) for a, b in mine])
-            futures.append(
-                self._on(
-                    worker,
-                    load_task,
-                    self.name,
-                    str(path),
-                    mine,
-                    origins[rows],
-                    good,
-                    rec.precision,
-                    config.cluster.backend,
-                    rec.batch_size,
-                    key=f"load-{i}",
-                )
+            args = (
+                self.name,
+                str(self.store),
+                mine,
+                self.origins[rows],
+                good,
+                rec.precision,
+                self.config.cluster.backend,
+                rec.batch_size,
             )
-        stats: FrameStats = self._reduce(futures, "frame-sum").result()
+            futures.append(self._on(worker, load_task, *args, key=f"load-{uuid.uuid4().hex[:6]}"))
+        stats: FrameStats = self._reduce(futures, f"frame-sum-{uuid.uuid4().hex[:6]}").result()
         return stats
 
-    def init(self, state: State) -> Any:
-        """Create psi = phi on every worker; returns the future of the initial estimates."""
-        [est] = self.client.scatter([Estimates(state.probe, state.obj)], hash=False)
+    def reset(self, estimates: Estimates) -> Any:
+        """Scatter estimates and set psi = P O on every worker; returns the estimates' future."""
+        [est] = self.client.scatter([estimates], workers=self.workers, hash=False)
+        tag = uuid.uuid4().hex[:6]
         counts = [
-            self._on(w, init_task, self.name, est, key=f"init-{i}")
+            self._on(w, reset_task, self.name, est, key=f"reset-{tag}-{i}")
             for i, w in enumerate(self.workers)
         ]
         self.client.gather(counts)
@@ -157,7 +212,7 @@ class DaskRun:
 
     def submit_iteration(self, k: int, est: Any, settings: Settings) -> tuple[Any, Any]:
         """All tasks of iteration ``k``; returns the futures of the new estimates and metrics."""
-        tag = f"it{k}"
+        tag, alpha = f"it{k}-{uuid.uuid4().hex[:6]}", settings.regularisation
         parts = [
             self._on(
                 w,
@@ -171,9 +226,7 @@ class DaskRun:
             for i, w in enumerate(self.workers)
         ]
         update = self._reduce(parts, f"update-sum-{tag}")
-        new = self.client.submit(
-            object_step, update, est, settings.regularisation, key=f"object-{tag}-0-{self.name}"
-        )
+        new = self.client.submit(object_step, update, est, alpha, key=f"object-{tag}-{self.name}")
         for p in range(settings.overlap_passes):
             if p > 0:
                 parts = [
@@ -184,7 +237,7 @@ class DaskRun:
                     object_step,
                     self._reduce(parts, f"osum-{tag}-{p}"),
                     new,
-                    settings.regularisation,
+                    alpha,
                     key=f"object-{tag}-{p}-{self.name}",
                 )
             if k >= settings.probe_update_start:
@@ -196,7 +249,7 @@ class DaskRun:
                     probe_step,
                     self._reduce(parts, f"psum-{tag}-{p}"),
                     new,
-                    settings.regularisation,
+                    alpha,
                     key=f"probe-{tag}-{p}-{self.name}",
                 )
         new = self.client.submit(
@@ -205,48 +258,117 @@ class DaskRun:
         stats = self.client.submit(stats_task, update, est, new, key=f"stats-{tag}-{self.name}")
         return new, stats
 
-    def rebase(self, future: Any) -> Any:
-        """The same value as a fresh future with no lineage (fetched, then scattered again)."""
-        value = future.result()
-        [fresh] = self.client.scatter([value], workers=self.workers, hash=False)
-        return fresh
+    def wait(self, future: Any) -> Any:
+        """The future's result, raising :class:`WorkerLost` as soon as a view holder is gone."""
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except TimeoutError:
+                pass
+            alive = set(self.client.scheduler_info()["workers"])
+            gone = [w for w in self.workers if w not in alive]
+            if gone:
+                raise WorkerLost(", ".join(gone))
 
-    def iterate(
-        self,
-        est: Any,
-        state: State,
-        settings: Settings,
-        lookahead: int,
-        callback: Callback | None = None,
-        sync_every: int = 10,
-    ) -> tuple[State, History]:
-        """Run the iterations with ``lookahead`` submitted ahead; returns final state, history."""
-        history = History()
-        pending: deque[Any] = deque()
-        average_from = settings.iterations - int(round(settings.average_last * settings.iterations))
-        total = None
-        last = time.perf_counter()
-        for k in range(state.iteration, settings.iterations):
-            est, stats = self.submit_iteration(k, est, settings)
-            if k >= average_from:
-                total = self.client.submit(accumulate, total, est, key=f"avg-{k}-{self.name}")
-            pending.append(stats)
-            if (k + 1) % sync_every == 0 and k + 1 < settings.iterations:
-                est = self.rebase(est)
-                total = None if total is None else self.rebase(total)
-            while len(pending) > lookahead or (k == settings.iterations - 1 and pending):
-                error, probe_change, object_change = pending.popleft().result()
-                now = time.perf_counter()
-                history.append(error, probe_change, object_change, now - last)
-                last = now
-                if callback is not None:
-                    callback(state.iteration + len(history), history)
-        final: Estimates = est.result()
-        count = settings.iterations - max(average_from, state.iteration)
-        if total is not None and count > 1:
-            summed: Estimates = total.result()
-            return State(summed.probe / count, summed.obj / count, settings.iterations), history
-        return State(final.probe, final.obj, settings.iterations), history
+    def recover(self, sync: SyncPoint, gone: str) -> Any:
+        """Move lost workers' frames to live workers and restart from ``sync``."""
+        alive = sorted(self.client.scheduler_info()["workers"])
+        self.placement, moved = reassign(self.placement, alive, self.config.cluster.n_workers)
+        for worker, ranges in moved.items():
+            n_moved = sum(b - a for a, b in ranges)
+            log.warning("%d frames of lost worker(s) %s are re-read by %s", n_moved, gone, worker)
+        if moved:
+            self.load(moved, self.good)
+        log.warning(
+            "restarting from iteration %d with exit waves rebuilt from P and O", sync.iteration
+        )
+        return self.reset(sync.estimates)
+
+
+def run_iterations(
+    run: DaskRun,
+    sync: SyncPoint,
+    settings: Settings,
+    callback: Callback | None = None,
+    checkpoint: CheckpointHook | None = None,
+    checkpoint_every: int = 0,
+) -> SyncPoint:
+    """Iterate from ``sync`` to ``settings.iterations``; returns the final sync point.
+
+    Sync points come every ``sync_every`` iterations and at every checkpoint; a lost worker
+    restarts the run from the latest one (at most :data:`MAX_RECOVERIES` times).
+    """
+    est = run.reset(sync.estimates)
+    recoveries = 0
+    while True:
+        try:
+            return _iterate(run, est, sync, settings, callback, checkpoint, checkpoint_every)
+        except WorkerLost as lost:
+            recoveries += 1
+            if recoveries > MAX_RECOVERIES:
+                raise
+            log.warning("worker(s) %s lost; recovery %d of %d", lost, recoveries, MAX_RECOVERIES)
+            assert run.last_sync is not None
+            sync = run.last_sync
+            est = run.recover(sync, str(lost))
+
+
+def _iterate(
+    run: DaskRun,
+    est: Any,
+    sync: SyncPoint,
+    settings: Settings,
+    callback: Callback | None,
+    checkpoint: CheckpointHook | None,
+    checkpoint_every: int,
+) -> SyncPoint:
+    cluster = run.config.cluster
+    run.last_sync = sync
+    history = sync.history.copy()
+    average_from = settings.iterations - int(round(settings.average_last * settings.iterations))
+    total, count = None, sync.average_count
+    if sync.average is not None:
+        [total] = run.client.scatter([sync.average], workers=run.workers, hash=False)
+    pending: deque[Any] = deque()
+    last = time.perf_counter()
+    for k in range(sync.iteration, settings.iterations):
+        est, stats = run.submit_iteration(k, est, settings)
+        if k >= average_from:
+            total = run.client.submit(accumulate, total, est, key=f"avg-{k}-{uuid.uuid4().hex[:6]}")
+            count += 1
+        pending.append(stats)
+        done = k + 1
+        last_one = done == settings.iterations
+        is_checkpoint = checkpoint_every > 0 and (done % checkpoint_every == 0 or last_one)
+        is_sync = is_checkpoint or done % cluster.sync_every == 0 or last_one
+        while pending and (len(pending) > cluster.lookahead or is_sync):
+            error, probe_change, object_change = run.wait(pending.popleft())
+            now = time.perf_counter()
+            history.append(error, probe_change, object_change, now - last)
+            last = now
+            if callback is not None:
+                callback(len(history), history)
+        if is_sync:
+            estimates = run.wait(est)
+            average = None if total is None else run.wait(total)
+            sync = SyncPoint(done, estimates, average, history.copy(), count)
+            run.last_sync = sync
+            if is_checkpoint and checkpoint is not None:
+                checkpoint(sync)
+            if done < settings.iterations:
+                [est] = run.client.scatter([estimates], workers=run.workers, hash=False)
+                total = None
+                if average is not None:
+                    [total] = run.client.scatter([average], workers=run.workers, hash=False)
+    return sync
+
+
+def final_state(sync: SyncPoint) -> State:
+    """The result: the average over the window when there is one, else the last estimates."""
+    count = sync.average_count
+    if sync.average is not None and count > 1:
+        return State(sync.average.probe / count, sync.average.obj / count, sync.iteration)
+    return State(sync.estimates.probe, sync.estimates.obj, sync.iteration)
 
 
 def run_distributed(
@@ -255,6 +377,8 @@ def run_distributed(
     config: Config,
     callback: Callback | None = None,
     workers: Sequence[str] | None = None,
+    resume: SyncPoint | None = None,
+    checkpoint: CheckpointHook | None = None,
 ) -> tuple[State, History, Any]:
     """The whole distributed run on ``client``; returns final state, history and problem."""
     from ptychograph.engine import ScanSummary, prepare, scan_origins, settings_from
@@ -272,27 +396,19 @@ def run_distributed(
         len(chosen),
         ", ".join(str(sum(b - a for a, b in r)) for r in ranges),
     )
-    good = None if info.mask is None else ~info.mask
-    run = DaskRun(client, chosen)
+    run = DaskRun(client, store, origins, config)
+    run.good = None if info.mask is None else ~info.mask
+    run.placement = dict(zip(chosen, ranges, strict=True))
     try:
-        stats = run.load(store, ranges, origins, good, config)
-        summary = ScanSummary(
-            info.positions,
-            info.geometry,
-            info.mask,
-            info.illumination,
-            stats.frame_sum / stats.n_frames,
-        )
+        stats = run.load(run.placement, run.good)
+        mean = stats.frame_sum / stats.n_frames
+        summary = ScanSummary(info.positions, info.geometry, info.mask, info.illumination, mean)
         problem = prepare(summary, config)
-        est = run.init(problem.state)
-        state, history = run.iterate(
-            est,
-            problem.state,
-            settings_from(config),
-            config.cluster.lookahead,
-            callback,
-            config.cluster.sync_every,
+        start = resume or SyncPoint(0, Estimates(problem.state.probe, problem.state.obj), None)
+        settings = settings_from(config)
+        final = run_iterations(
+            run, start, settings, callback, checkpoint, config.output.checkpoint_every
         )
     finally:
         run.close()
-    return state, history, problem
+    return final_state(final), final.history, problem

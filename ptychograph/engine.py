@@ -232,27 +232,45 @@ def reconstruct(
     write: bool = True,
     overwrite: bool = False,
     workers: list[str] | None = None,
+    resume: bool = False,
 ) -> Result:
     """Reconstruct the scan of ``config`` on a Dask cluster and write the result.
 
     config : a :class:`Config`, a YAML path, or the YAML's content as a dict.
     client : a ``distributed.Client`` to use (e.g. a notebook's); when None, the ``cluster``
     section says what to start or connect to. workers : restrict to these worker addresses.
+    resume : continue from the checkpoint (``output.checkpoint_path``) of an earlier run.
     """
     if isinstance(config, str | Path):
         config = load_config(config)
     elif isinstance(config, dict):
         config = parse_config(config)
+    from ptychograph.checkpoint import load_checkpoint, save_checkpoint
     from ptychograph.cluster import open_client
-    from ptychograph.distributed_run import run_distributed
+    from ptychograph.distributed_run import SyncPoint, run_distributed
     from ptychograph.results import check_output_free, write_result
 
     if write:
         check_output_free(config.output.path, overwrite, config.output.figure)
+    out = config.output
+    start = load_checkpoint(out.checkpoint_path, config) if resume else None
+    if out.checkpoint_every > 0 and not resume and not overwrite and out.checkpoint_path.exists():
+        raise InputError(
+            "output.checkpoint",
+            f"{out.checkpoint_path} exists; pass --resume to continue it or --overwrite",
+        )
+
+    def checkpoint(sync: SyncPoint) -> None:
+        save_checkpoint(out.checkpoint_path, sync, config)
+        log.info("checkpoint at iteration %d: %s", sync.iteration, out.checkpoint_path)
+
+    hook = checkpoint if out.checkpoint_every > 0 else None
     store = frames_store(config, overwrite)
     try:
         with open_client(config.cluster, client) as active:
-            state, history, problem = run_distributed(active, store, config, progress, workers)
+            state, history, problem = run_distributed(
+                active, store, config, progress, workers, start, hook
+            )
         result = Result(state, history, problem, config)
         if write:
             write_result(result, config.output.path, overwrite=overwrite)

@@ -38,6 +38,15 @@ class History:
     def __len__(self) -> int:
         return len(self.fourier_error)
 
+    def copy(self) -> History:
+        """An independent copy."""
+        return History(
+            list(self.fourier_error),
+            list(self.probe_change),
+            list(self.object_change),
+            list(self.seconds),
+        )
+
 
 def relative_change(new: np.ndarray, old: np.ndarray) -> float:
     """Eq. 7: ||new - old|| / ||new|| (0 when new is zero)."""

@@ -92,9 +92,14 @@ def make_chunk(
     n_views = amplitudes.shape[0]
     psi = xp.empty((n_views, probe.shape[0], obj.shape[0], *amplitudes.shape[1:]), probe.dtype)
     chunk = ViewChunk(amplitudes, good, corners, frac, psi)
-    for sl in _batches(n_views, batch_size):
-        psi[sl] = current_views(chunk, sl, probe, obj)
+    reset_exit_waves(chunk, probe, obj, batch_size)
     return chunk
+
+
+def reset_exit_waves(chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64) -> None:
+    """Set psi = phi = P O for every view of the chunk, in place (start or recovery)."""
+    for sl in _batches(chunk.n_views, batch_size):
+        chunk.exit_waves[sl] = current_views(chunk, sl, probe, obj)
 
 
 def rotate_modes(waves: Array, rotation: Array) -> Array:

@@ -31,7 +31,14 @@ from ptychograph.partials import (
 )
 from ptychograph.solver import tree_sum
 from ptychograph.state import relative_change
-from ptychograph.views import ViewChunk, make_chunk, object_partials, probe_partials, update_views
+from ptychograph.views import (
+    ViewChunk,
+    make_chunk,
+    object_partials,
+    probe_partials,
+    reset_exit_waves,
+    update_views,
+)
 
 log = logging.getLogger("ptychograph")
 
@@ -138,15 +145,19 @@ def load_task(
     return FrameStats(total, offset)
 
 
-def init_task(name: str, estimates: Estimates) -> int:
-    """Create the exit waves psi = phi from the initial estimates; returns the view count."""
+def reset_task(name: str, estimates: Estimates) -> int:
+    """psi = phi from the given estimates for every view this worker holds, including views
+    loaded since the last reset (start of a run, resume, or recovery from a lost worker).
+    Returns the number of views held."""
     store = _store(name)
     xp = store.xp
     probe, obj = xp.asarray(estimates.probe), xp.asarray(estimates.obj)
-    store.chunks = [
+    for chunk in store.chunks:
+        reset_exit_waves(chunk, probe, obj, store.batch_size)
+    store.chunks.extend(
         make_chunk(amplitudes, store.good, origins, probe, obj, store.batch_size)
         for amplitudes, origins in store.amplitudes
-    ]
+    )
     store.amplitudes = []
     return sum(c.n_views for c in store.chunks)
 

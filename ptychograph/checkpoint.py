@@ -1,0 +1,113 @@
+"""Checkpoints: the state of a run at a sync point, written atomically, and resuming from it.
+
+A checkpoint holds the probe and object after ``iteration`` completed iterations, the running
+sums of the averaging window, the history so far, the seed and the random generator's state
+after the initial guesses (nothing random is drawn after them), and the resolved config. It is
+written beside the result (``result.checkpoint.zarr``) to a temporary store that is renamed into
+place, so a crash never leaves a half-written checkpoint. ``ptychograph run CONFIG --resume``
+continues from it, also to extend a finished run with more iterations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ptychograph import __version__
+from ptychograph.config import Config
+from ptychograph.distributed_run import SyncPoint
+from ptychograph.errors import InputError
+from ptychograph.results import write_dataset_atomic
+from ptychograph.state import History
+from ptychograph.worker_tasks import Estimates
+
+#: Keys of the reconstruction section that may change on resume.
+RESUMABLE_CHANGES = {"iterations"}
+
+
+def _host(array: Any) -> np.ndarray:
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def save_checkpoint(path: Path, sync: SyncPoint, config: Config) -> None:
+    """Write ``sync`` atomically to ``path``."""
+    data: dict[str, Any] = {
+        "probe": (("probe_mode", "py", "px"), _host(sync.estimates.probe)),
+        "object": (("obj_mode", "y", "x"), _host(sync.estimates.obj)),
+        "fourier_error": (("iteration",), np.asarray(sync.history.fourier_error)),
+        "probe_change": (("iteration",), np.asarray(sync.history.probe_change)),
+        "object_change": (("iteration",), np.asarray(sync.history.object_change)),
+        "iteration_seconds": (("iteration",), np.asarray(sync.history.seconds)),
+    }
+    if sync.average is not None:
+        data["average_probe"] = (("probe_mode", "py", "px"), _host(sync.average.probe))
+        data["average_object"] = (("obj_mode", "y", "x"), _host(sync.average.obj))
+    ds = xr.Dataset(data)
+    rng = np.random.default_rng(config.reconstruction.seed)
+    ds.attrs.update(
+        {
+            "iteration": int(sync.iteration),
+            "average_count": int(sync.average_count),
+            "config": json.loads(config.model_dump_json()),
+            "seed": config.reconstruction.seed,
+            "rng_state": json.loads(json.dumps(rng.bit_generator.state, default=int)),
+            "ptychograph_version": __version__,
+        }
+    )
+    write_dataset_atomic(ds, path)
+
+
+def load_checkpoint(path: Path, config: Config) -> SyncPoint:
+    """Read a checkpoint and check it belongs to this run's config."""
+    if not path.exists():
+        raise InputError("--resume", f"no checkpoint at {path}")
+    try:
+        with xr.open_zarr(path, consolidated=False) as ds:
+            ds = ds.load()
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError("--resume", f"{path} is not a readable checkpoint ({err})") from None
+    _check_compatible(ds.attrs.get("config", {}), config, path)
+    history = History(
+        [float(v) for v in ds["fourier_error"].values],
+        [float(v) for v in ds["probe_change"].values],
+        [float(v) for v in ds["object_change"].values],
+        [float(v) for v in ds["iteration_seconds"].values],
+    )
+    estimates = Estimates(ds["probe"].values, ds["object"].values)
+    average, count = None, int(ds.attrs.get("average_count", 0))
+    iteration = int(ds.attrs["iteration"])
+    saved_iterations = int(ds.attrs["config"]["reconstruction"]["iterations"])
+    if "average_probe" in ds and _window_start(saved_iterations, config) == _window_start(
+        config.reconstruction.iterations, config
+    ):
+        average = Estimates(ds["average_probe"].values, ds["average_object"].values)
+    else:
+        count = 0  # a changed run length moves the averaging window: start it afresh
+    if iteration > config.reconstruction.iterations:
+        raise InputError(
+            "reconstruction.iterations",
+            f"the checkpoint is at iteration {iteration}; ask for at least that many",
+        )
+    return SyncPoint(iteration, estimates, average, history, count)
+
+
+def _window_start(iterations: int, config: Config) -> int:
+    return iterations - int(round(config.reconstruction.average_last * iterations))
+
+
+def _check_compatible(saved: dict[str, Any], config: Config, path: Path) -> None:
+    now = json.loads(config.model_dump_json())
+    for section in ("data", "reconstruction", "initial"):
+        for key, value in now.get(section, {}).items():
+            if section == "reconstruction" and key in RESUMABLE_CHANGES:
+                continue
+            if saved.get(section, {}).get(key) != value:
+                raise InputError(
+                    f"{section}.{key}",
+                    f"differs from the checkpoint {path.name} "
+                    f"({saved.get(section, {}).get(key)!r} there, {value!r} now)",
+                )
