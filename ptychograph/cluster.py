@@ -78,16 +78,36 @@ def _connect(config: ClusterConfig) -> Any:
 
     if config.address is not None and config.address.startswith("ucx://"):
         _require_ucx()
+    security = None
+    if config.security is not None:
+        security = _security(config)
     try:
-        client = Client(config.address, timeout=config.connect_timeout)
+        client = Client(config.address, timeout=config.connect_timeout, security=security)
     except (OSError, TimeoutError) as err:
         raise InputError(
             "cluster.address",
-            f"no scheduler answered at {config.address} within {config.connect_timeout:g} s "
-            f"({type(err).__name__})",
+            f"could not connect to a scheduler at {config.address} within "
+            f"{config.connect_timeout:g} s ({type(err).__name__})",
         ) from None
     log.info("connected to %s (%d workers)", config.address, len(_workers(client)))
     return client
+
+
+def _security(config: ClusterConfig) -> Any:
+    from distributed.security import Security
+
+    tls = config.security
+    assert tls is not None
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise InputError(f"cluster.security.{name}", f"{path} does not exist")
+    return Security(
+        tls_ca_file=str(tls.ca_file),
+        tls_client_cert=str(tls.cert_file),
+        tls_client_key=None if tls.key_file is None else str(tls.key_file),
+        require_encryption=tls.require_encryption,
+    )
 
 
 def _workers(client: Any) -> list[str]:

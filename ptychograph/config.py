@@ -142,6 +142,15 @@ class OutputConfig(_Section):
         return path
 
 
+class SecurityConfig(_Section):
+    """TLS for a shared cluster (Dask's ``distributed.security.Security``)."""
+
+    ca_file: Path = Field(description="Certificate authority (PEM) the scheduler's cert is from.")
+    cert_file: Path = Field(description="This client's certificate (PEM).")
+    key_file: Path | None = Field(None, description="Its private key (PEM), if not in cert_file.")
+    require_encryption: bool = Field(True, description="Refuse unencrypted connections.")
+
+
 class ClusterConfig(_Section):
     """Where the work runs: a local Dask cluster, or an existing scheduler."""
 
@@ -172,6 +181,9 @@ class ClusterConfig(_Section):
     lookahead: int = Field(
         2, ge=0, le=16, description="Iterations submitted ahead of the one being reported."
     )
+    security: SecurityConfig | None = Field(
+        None, description="TLS settings for connecting to a tls:// scheduler."
+    )
     sync_every: int = Field(
         10,
         ge=1,
@@ -189,6 +201,15 @@ class ClusterConfig(_Section):
         if address is not None and not address.startswith(("tcp://", "ucx://", "tls://")):
             raise ValueError(f"expected tcp://, tls:// or ucx://host:port, got {address!r}")
         return address
+
+    @model_validator(mode="after")
+    def _tls_needs_security(self) -> ClusterConfig:
+        is_tls = self.address is not None and self.address.startswith("tls://")
+        if is_tls and self.security is None:
+            raise ValueError("address: a tls:// scheduler needs cluster.security")
+        if self.security is not None and not is_tls:
+            raise ValueError("security: TLS settings need a tls:// address")
+        return self
 
 
 class Config(_Section):
@@ -290,6 +311,7 @@ def resolve_paths(config: Config, base: Path) -> Config:
                     "checkpoint": fix(config.output.checkpoint),
                 }
             ),
+            "cluster": _resolve_security(config.cluster, fix),
             "initial": config.initial.model_copy(
                 update={
                     "probe_path": fix(config.initial.probe_path),
@@ -298,3 +320,17 @@ def resolve_paths(config: Config, base: Path) -> Config:
             ),
         }
     )
+
+
+def _resolve_security(cluster: ClusterConfig, fix: Any) -> ClusterConfig:
+    if cluster.security is None:
+        return cluster
+    tls = cluster.security
+    fixed = tls.model_copy(
+        update={
+            "ca_file": fix(tls.ca_file),
+            "cert_file": fix(tls.cert_file),
+            "key_file": fix(tls.key_file),
+        }
+    )
+    return cluster.model_copy(update={"security": fixed})

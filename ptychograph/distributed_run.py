@@ -122,6 +122,62 @@ def reassign(
     return kept, moved
 
 
+def plan_memory(
+    client: Any,
+    placement: dict[str, list[tuple[int, int]]],
+    frame_shape: tuple[int, int],
+    obj_shape: tuple[int, int],
+    config: Config,
+) -> int:
+    """Check every worker's host memory before loading; returns the batch size to use.
+
+    Logs the estimate of the busiest worker; refuses (InputError with the numbers) when the
+    exit waves and frames alone do not fit.
+    """
+    from ptychograph.memory import fit_batch, worker_limits
+
+    rec = config.reconstruction
+    limits = worker_limits(client, list(placement))
+    batch = rec.batch_size
+    for worker, ranges in placement.items():
+        n_views = sum(b - a for a, b in ranges)
+        need = fit_batch(
+            n_views,
+            frame_shape,
+            obj_shape,
+            rec.probe_modes,
+            rec.object_modes,
+            rec.precision,
+            batch,
+            limits[worker],
+        )
+        batch = min(batch, need.batch_size)
+    busiest = max(placement, key=lambda w: sum(b - a for a, b in placement[w]))
+    n_busiest = sum(b - a for a, b in placement[busiest])
+    need = fit_batch(
+        n_busiest,
+        frame_shape,
+        obj_shape,
+        rec.probe_modes,
+        rec.object_modes,
+        rec.precision,
+        batch,
+        limits[busiest],
+    )
+    limit = limits[busiest]
+    log.info(
+        "memory per worker (host, %d views): %s%s",
+        n_busiest,
+        need.describe(),
+        f" of {limit / 2**30:.1f} GiB" if limit else "",
+    )
+    if batch < rec.batch_size:
+        log.warning(
+            "batch size lowered from %d to %d views to fit in memory", rec.batch_size, batch
+        )
+    return batch
+
+
 def select_workers(client: Any, limit: int | None, given: Sequence[str] | None) -> list[str]:
     """Worker addresses to use: ``given``, else the client's, at most ``limit`` of them."""
     from ptychograph.errors import InputError
@@ -142,9 +198,28 @@ class DaskRun:
         self.config = config
         self.placement: dict[str, list[tuple[int, int]]] = {}
         self.good: np.ndarray | None = None
+        self.batch_size = config.reconstruction.batch_size
+        self.frame_shape: tuple[int, int] = (0, 0)
+        self.obj_shape: tuple[int, int] = (0, 0)
         self.last_sync: SyncPoint | None = None
         self.name = f"ptychograph-{uuid.uuid4().hex[:12]}"
         client.register_plugin(ViewStore(), name=self.name)
+
+    def need_bytes(self, n_views: int) -> int:
+        """Estimated memory for ``n_views`` views (for the workers' GPU check)."""
+        from ptychograph.memory import estimate
+
+        rec = self.config.reconstruction
+        frame_shape = self.frame_shape
+        return estimate(
+            n_views,
+            frame_shape,
+            self.obj_shape,
+            rec.probe_modes,
+            rec.object_modes,
+            rec.precision,
+            self.batch_size,
+        ).total
 
     @property
     def workers(self) -> list[str]:
@@ -193,7 +268,8 @@ class DaskRun:
                 good,
                 rec.precision,
                 self.config.cluster.backend,
-                rec.batch_size,
+                self.batch_size,
+                self.need_bytes(sum(b - a for a, b in mine)),
             )
             futures.append(self._on(worker, load_task, *args, key=f"load-{uuid.uuid4().hex[:6]}"))
         stats: FrameStats = self._reduce(futures, f"frame-sum-{uuid.uuid4().hex[:6]}").result()
@@ -387,7 +463,7 @@ def run_distributed(
 
     info = read_store_info(store)
     origins = scan_origins(info.positions, info.geometry, config)
-    object_shape(origins, info.geometry.frame_shape, config.reconstruction.object_margin)
+    shape = object_shape(origins, info.geometry.frame_shape, config.reconstruction.object_margin)
     chosen = select_workers(client, config.cluster.n_workers, workers)
     ranges = assign_ranges(info.n_frames, info.chunk_frames, len(chosen))
     log.info(
@@ -399,6 +475,8 @@ def run_distributed(
     run = DaskRun(client, store, origins, config)
     run.good = None if info.mask is None else ~info.mask
     run.placement = dict(zip(chosen, ranges, strict=True))
+    run.frame_shape, run.obj_shape = info.geometry.frame_shape, shape
+    run.batch_size = plan_memory(client, run.placement, info.geometry.frame_shape, shape, config)
     try:
         stats = run.load(run.placement, run.good)
         mean = stats.frame_sum / stats.n_frames

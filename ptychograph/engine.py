@@ -240,6 +240,7 @@ def reconstruct(
     client : a ``distributed.Client`` to use (e.g. a notebook's); when None, the ``cluster``
     section says what to start or connect to. workers : restrict to these worker addresses.
     resume : continue from the checkpoint (``output.checkpoint_path``) of an earlier run.
+    Checkpoints are written (every ``output.checkpoint_every`` iterations) only when ``write``.
     """
     if isinstance(config, str | Path):
         config = load_config(config)
@@ -254,7 +255,8 @@ def reconstruct(
         check_output_free(config.output.path, overwrite, config.output.figure)
     out = config.output
     start = load_checkpoint(out.checkpoint_path, config) if resume else None
-    if out.checkpoint_every > 0 and not resume and not overwrite and out.checkpoint_path.exists():
+    writes_checkpoints = write and out.checkpoint_every > 0
+    if writes_checkpoints and not resume and not overwrite and out.checkpoint_path.exists():
         raise InputError(
             "output.checkpoint",
             f"{out.checkpoint_path} exists; pass --resume to continue it or --overwrite",
@@ -264,7 +266,7 @@ def reconstruct(
         save_checkpoint(out.checkpoint_path, sync, config)
         log.info("checkpoint at iteration %d: %s", sync.iteration, out.checkpoint_path)
 
-    hook = checkpoint if out.checkpoint_every > 0 else None
+    hook = checkpoint if writes_checkpoints else None
     store = frames_store(config, overwrite)
     try:
         with open_client(config.cluster, client) as active:

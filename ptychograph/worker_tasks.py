@@ -111,6 +111,23 @@ def _store(name: str) -> ViewStore:
     return store
 
 
+def check_device_memory(need_bytes: int) -> None:
+    """Refuse (InputError with the numbers) when this worker's share will not fit in the free
+    memory of its GPU (estimate from :mod:`ptychograph.memory`, computed by the client)."""
+    import cupy
+
+    from ptychograph.errors import InputError
+    from ptychograph.memory import USABLE_FRACTION
+
+    free, total = cupy.cuda.Device().mem_info
+    if need_bytes > USABLE_FRACTION * free:  # pragma: no cover - needs a GPU
+        raise InputError(
+            "memory",
+            f"a worker needs {need_bytes / 2**30:.2f} GiB of GPU memory but its GPU has "
+            f"{free / 2**30:.2f} of {total / 2**30:.2f} GiB free; use more GPUs or fewer modes",
+        )
+
+
 # ---------------------------------------------------------------- worker tasks
 def load_task(
     name: str,
@@ -121,6 +138,7 @@ def load_task(
     precision: str,
     backend: str,
     batch_size: int,
+    need_bytes: int = 0,
 ) -> FrameStats:
     """Read this worker's frame ranges from the store and keep sqrt(I) resident."""
     from ptychograph.cluster import resolve_backend
@@ -129,6 +147,8 @@ def load_task(
     store = _store(name)
     store.backend, store.batch_size = resolve_backend(backend), batch_size
     xp = store.xp
+    if store.backend == "cupy":
+        check_device_memory(need_bytes)
     rdtype = real_dtype(complex_dtype(precision))
     store.good = None if good is None else xp.asarray(good)
     total: np.ndarray | None = None

@@ -282,3 +282,49 @@ def test_cluster_options_fail_clearly_without_their_packages(scan_path, tmp_path
         with pytest.raises(InputError, match="cluster.backend"):
             reconstruct(config, write=False)
     assert not any(p.name.startswith(".r") for p in tmp_path.iterdir())
+
+
+def test_tls_scheduler_with_security_settings(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("cryptography")
+    from distributed.security import Security
+
+    security = Security.temporary()
+    files = {}
+    pems = (
+        ("ca", security.tls_ca_file),
+        ("cert", security.tls_client_cert),
+        ("key", security.tls_client_key),
+    )
+    for name, pem in pems:
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text(pem)
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        protocol="tls",
+        security=security,
+        dashboard_address=None,
+    ) as cluster:
+        raw = {
+            "address": cluster.scheduler_address,
+            "security": {
+                "ca_file": str(files["ca"]),
+                "cert_file": str(files["cert"]),
+                "key_file": str(files["key"]),
+            },
+        }
+        config = _config(scan_path, tmp_path / "r.zarr", cluster=raw)
+        result = reconstruct(config, write=False)
+        assert len(result.history) == 6
+        plain = _config(
+            scan_path,
+            tmp_path / "r.zarr",
+            cluster={
+                "address": cluster.scheduler_address.replace("tls://", "tcp://"),
+                "connect_timeout": 3,
+            },
+        )
+        with pytest.raises(InputError, match="cluster.address"):
+            reconstruct(plain, write=False)
+    with pytest.raises(InputError, match="security"):
+        _config(scan_path, tmp_path / "r.zarr", cluster={"address": "tls://127.0.0.1:1"})
