@@ -37,10 +37,29 @@ class _Section(BaseModel):
         return value
 
 
+class GeometryConfig(_Section):
+    """Detector geometry for inputs that do not carry it (NumPy files), or to override a file's."""
+
+    energy_ev: float | None = Field(None, gt=0, description="Photon energy, eV.")
+    distance_m: float | None = Field(None, gt=0, description="Sample-detector distance, m.")
+    detector_pixel_m: float | None = Field(None, gt=0, description="Detector pixel size, m.")
+
+
 class DataConfig(_Section):
     """Where the scan is and how to read it."""
 
-    path: Path = Field(description="CXI (HDF5) file with the scan.")
+    path: Path = Field(
+        description="The scan: CXI (HDF5), NSLS-II HXN HDF5, NumPy .npz, or a frames .zarr store."
+    )
+    format: Literal["auto", "cxi", "hxn", "npz", "zarr"] = Field(
+        "auto", description="Input format; auto detects it from the file."
+    )
+    positions_unit: Literal["m", "px"] = Field(
+        "m", description="Unit of NumPy positions: metres, or object pixels."
+    )
+    geometry: GeometryConfig = Field(
+        GeometryConfig(), description="Geometry for NumPy inputs, or overrides of the file's."
+    )
     swap_xy: bool = Field(False, description="Swap the x and y sample translations.")
     flip_x: bool = Field(False, description="Mirror translation x (object column axis).")
     flip_y: bool = Field(False, description="Mirror translation y (object row axis).")

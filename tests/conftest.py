@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,6 +135,15 @@ class CliResult:
         for needle in needles:
             assert needle in line, f"{needle!r} not in {line!r}"
         return line
+
+
+def console_script() -> str:
+    """The installed ``ptychograph`` console script (beside this Python, else on PATH)."""
+    beside = Path(sys.executable).with_name("ptychograph")
+    found = str(beside) if beside.exists() else shutil.which("ptychograph")
+    if found is None:
+        pytest.skip("the ptychograph console script is not installed")
+    return found
 
 
 @pytest.fixture
