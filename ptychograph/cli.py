@@ -1,4 +1,4 @@
-"""Command line: ``ptychograph run | convert | simulate | demo``.
+"""Command line: ``ptychograph run | convert | simulate | plot | demo``.
 
 Bad input of any kind ends with one line ``error: FIELD: PROBLEM`` on stderr and exit code 2,
 without a traceback and without touching existing outputs.
@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--negative", choices=["error", "clip"], default="error")
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
+
+    plot = sub.add_parser("plot", help="redraw the summary figure of a result store")
+    plot.add_argument("result", type=Path, help="result .zarr")
+    plot.add_argument("--out", type=Path, default=None, help="PNG (default: beside the store)")
+    plot.set_defaults(func=cmd_plot)
 
     demo = sub.add_parser("demo", help="simulate a small fly scan and reconstruct it")
     demo.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -141,6 +146,25 @@ def cmd_convert(args: argparse.Namespace) -> int:
         *info.frame_shape,
         info.chunk_frames,
     )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ptychograph.plotting import summary_figure
+    from ptychograph.results import figure_path, open_result
+
+    if not args.result.exists():
+        raise InputError("result", f"{args.result} does not exist")
+    try:
+        ds = open_result(args.result)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputError("result", f"{args.result} is not a result store ({err})") from None
+    missing = [v for v in ("object", "probe", "probe_mode_power", "fourier_error") if v not in ds]
+    if missing:
+        raise InputError("result", f"{args.result} lacks {', '.join(missing)}")
+    out = args.out or figure_path(args.result)
+    summary_figure(ds, out)
+    log.info("wrote %s", out)
     return 0
 
 

@@ -74,9 +74,37 @@ class DataConfig(_Section):
 class ReconstructionConfig(_Section):
     """The Difference Map iteration (DESIGN.md steps 1-7)."""
 
+    @field_validator("probe_modes")
+    @classmethod
+    def _mode_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 32:
+            raise ValueError(f"must be between 1 and 32 or 'auto', got {value}")
+        return value
+
+    @property
+    def start_probe_modes(self) -> int:
+        """Probe modes at the start: the number asked for, or max_probe_modes for auto."""
+        return self.max_probe_modes if self.probe_modes == "auto" else int(self.probe_modes)
+
+    @property
+    def most_probe_modes(self) -> int:
+        """The largest number of probe modes the run may hold (for memory planning)."""
+        return self.max_probe_modes if self.probe_modes == "auto" else int(self.probe_modes)
+
     iterations: int = Field(200, ge=1, le=1_000_000, description="DM iterations.")
     beta: float = Field(0.8, gt=0.0, le=1.0, description="DM feedback (1 = classic DM).")
-    probe_modes: int = Field(1, ge=1, le=32, description="Number of incoherent probe modes.")
+    probe_modes: int | Literal["auto"] = Field(
+        1,
+        description="Number of incoherent probe modes (1-32), or auto: start with "
+        "max_probe_modes and keep those carrying at least mode_threshold of the power.",
+    )
+    mode_threshold: float = Field(
+        0.01, gt=0.0, lt=0.5, description="auto modes: least power share a kept mode carries."
+    )
+    max_probe_modes: int = Field(5, ge=2, le=32, description="auto modes: at most this many.")
+    mode_decision: float = Field(
+        0.4, gt=0.0, lt=1.0, description="auto modes: fraction of the run after which to decide."
+    )
     object_modes: int = Field(1, ge=1, le=8, description="Number of object modes.")
     precision: Literal["single", "double"] = Field(
         "single", description="single = complex64, double = complex128."
@@ -139,6 +167,12 @@ class OutputConfig(_Section):
 
     path: Path = Field(Path("result.zarr"), description="Result Zarr store.")
     figure: bool = Field(True, description="Also write a PNG summary beside the store.")
+    preview_every: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Iterations between preview PNGs (<output stem>.preview.png; 0 = none).",
+    )
     checkpoint_every: int = Field(
         25, ge=0, le=1_000_000, description="Iterations between checkpoints (0 = none)."
     )

@@ -26,10 +26,8 @@ since the sync point are redone. At most ``sync_every`` iterations of work are r
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,13 +35,12 @@ from typing import Any
 import numpy as np
 
 from ptychograph.config import Config
-from ptychograph.solver import Callback, Settings
-from ptychograph.state import History, State
+from ptychograph.solver import Settings
+from ptychograph.state import History
 from ptychograph.worker_tasks import (
     Estimates,
     FrameStats,
     ViewStore,
-    accumulate,
     combine,
     finish_step,
     load_task,
@@ -79,10 +76,6 @@ class SyncPoint:
     average: Estimates | None
     history: History = field(default_factory=History)
     average_count: int = 0
-
-
-#: Called at checkpoint iterations with the sync point.
-CheckpointHook = Callable[[SyncPoint], None]
 
 
 def assign_ranges(n_frames: int, chunk_frames: int, n_workers: int) -> list[list[tuple[int, int]]]:
@@ -145,7 +138,7 @@ def plan_memory(
             n_views,
             frame_shape,
             obj_shape,
-            rec.probe_modes,
+            rec.most_probe_modes,
             rec.object_modes,
             rec.precision,
             batch,
@@ -158,7 +151,7 @@ def plan_memory(
         n_busiest,
         frame_shape,
         obj_shape,
-        rec.probe_modes,
+        rec.most_probe_modes,
         rec.object_modes,
         rec.precision,
         batch,
@@ -215,7 +208,7 @@ class DaskRun:
             n_views,
             frame_shape,
             self.obj_shape,
-            rec.probe_modes,
+            rec.most_probe_modes,
             rec.object_modes,
             rec.precision,
             self.batch_size,
@@ -359,134 +352,3 @@ class DaskRun:
             "restarting from iteration %d with exit waves rebuilt from P and O", sync.iteration
         )
         return self.reset(sync.estimates)
-
-
-def run_iterations(
-    run: DaskRun,
-    sync: SyncPoint,
-    settings: Settings,
-    callback: Callback | None = None,
-    checkpoint: CheckpointHook | None = None,
-    checkpoint_every: int = 0,
-) -> SyncPoint:
-    """Iterate from ``sync`` to ``settings.iterations``; returns the final sync point.
-
-    Sync points come every ``sync_every`` iterations and at every checkpoint; a lost worker
-    restarts the run from the latest one (at most :data:`MAX_RECOVERIES` times).
-    """
-    est = run.reset(sync.estimates)
-    recoveries = 0
-    while True:
-        try:
-            return _iterate(run, est, sync, settings, callback, checkpoint, checkpoint_every)
-        except WorkerLost as lost:
-            recoveries += 1
-            if recoveries > MAX_RECOVERIES:
-                raise
-            log.warning("worker(s) %s lost; recovery %d of %d", lost, recoveries, MAX_RECOVERIES)
-            assert run.last_sync is not None
-            sync = run.last_sync
-            est = run.recover(sync, str(lost))
-
-
-def _iterate(
-    run: DaskRun,
-    est: Any,
-    sync: SyncPoint,
-    settings: Settings,
-    callback: Callback | None,
-    checkpoint: CheckpointHook | None,
-    checkpoint_every: int,
-) -> SyncPoint:
-    cluster = run.config.cluster
-    run.last_sync = sync
-    history = sync.history.copy()
-    average_from = settings.iterations - int(round(settings.average_last * settings.iterations))
-    total, count = None, sync.average_count
-    if sync.average is not None:
-        [total] = run.client.scatter([sync.average], workers=run.workers, hash=False)
-    pending: deque[Any] = deque()
-    last = time.perf_counter()
-    for k in range(sync.iteration, settings.iterations):
-        est, stats = run.submit_iteration(k, est, settings)
-        if k >= average_from:
-            total = run.client.submit(accumulate, total, est, key=f"avg-{k}-{uuid.uuid4().hex[:6]}")
-            count += 1
-        pending.append(stats)
-        done = k + 1
-        last_one = done == settings.iterations
-        is_checkpoint = checkpoint_every > 0 and (done % checkpoint_every == 0 or last_one)
-        is_sync = is_checkpoint or done % cluster.sync_every == 0 or last_one
-        while pending and (len(pending) > cluster.lookahead or is_sync):
-            error, probe_change, object_change = run.wait(pending.popleft())
-            now = time.perf_counter()
-            history.append(error, probe_change, object_change, now - last)
-            last = now
-            if callback is not None:
-                callback(len(history), history)
-        if is_sync:
-            estimates = run.wait(est)
-            average = None if total is None else run.wait(total)
-            sync = SyncPoint(done, estimates, average, history.copy(), count)
-            run.last_sync = sync
-            if is_checkpoint and checkpoint is not None:
-                checkpoint(sync)
-            if done < settings.iterations:
-                [est] = run.client.scatter([estimates], workers=run.workers, hash=False)
-                total = None
-                if average is not None:
-                    [total] = run.client.scatter([average], workers=run.workers, hash=False)
-    return sync
-
-
-def final_state(sync: SyncPoint) -> State:
-    """The result: the average over the window when there is one, else the last estimates."""
-    count = sync.average_count
-    if sync.average is not None and count > 1:
-        return State(sync.average.probe / count, sync.average.obj / count, sync.iteration)
-    return State(sync.estimates.probe, sync.estimates.obj, sync.iteration)
-
-
-def run_distributed(
-    client: Any,
-    store: Path,
-    config: Config,
-    callback: Callback | None = None,
-    workers: Sequence[str] | None = None,
-    resume: SyncPoint | None = None,
-    checkpoint: CheckpointHook | None = None,
-) -> tuple[State, History, Any]:
-    """The whole distributed run on ``client``; returns final state, history and problem."""
-    from ptychograph.engine import ScanSummary, prepare, scan_origins, settings_from
-    from ptychograph.geometry import object_shape
-    from ptychograph.io.zarr_store import read_store_info
-
-    info = read_store_info(store)
-    origins = scan_origins(info.positions, info.geometry, config)
-    shape = object_shape(origins, info.geometry.frame_shape, config.reconstruction.object_margin)
-    chosen = select_workers(client, config.cluster.n_workers, workers)
-    ranges = assign_ranges(info.n_frames, info.chunk_frames, len(chosen))
-    log.info(
-        "%d frames on %d workers: %s",
-        info.n_frames,
-        len(chosen),
-        ", ".join(str(sum(b - a for a, b in r)) for r in ranges),
-    )
-    run = DaskRun(client, store, origins, config)
-    run.good = None if info.mask is None else ~info.mask
-    run.placement = dict(zip(chosen, ranges, strict=True))
-    run.frame_shape, run.obj_shape = info.geometry.frame_shape, shape
-    run.batch_size = plan_memory(client, run.placement, info.geometry.frame_shape, shape, config)
-    try:
-        stats = run.load(run.placement, run.good)
-        mean = stats.frame_sum / stats.n_frames
-        summary = ScanSummary(info.positions, info.geometry, info.mask, info.illumination, mean)
-        problem = prepare(summary, config)
-        start = resume or SyncPoint(0, Estimates(problem.state.probe, problem.state.obj), None)
-        settings = settings_from(config)
-        final = run_iterations(
-            run, start, settings, callback, checkpoint, config.output.checkpoint_every
-        )
-    finally:
-        run.close()
-    return final_state(final), final.history, problem

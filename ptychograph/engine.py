@@ -155,7 +155,7 @@ def initial_probe(
         raise InputError("initial.probe", f"probe {probe.shape[1:]} != frames {frame_shape}")
     if choice != "previous":
         probe = scale_power(probe, float(summary.mean_frame.sum()))
-    return add_modes(probe, config.reconstruction.probe_modes, init.extra_mode_power, rng)
+    return add_modes(probe, config.reconstruction.start_probe_modes, init.extra_mode_power, rng)
 
 
 def initial_object(shape: tuple[int, int], config: Config, rng: np.random.Generator) -> np.ndarray:
@@ -248,8 +248,9 @@ def reconstruct(
         config = parse_config(config)
     from ptychograph.checkpoint import load_checkpoint, save_checkpoint
     from ptychograph.cluster import open_client
-    from ptychograph.distributed_run import SyncPoint, run_distributed
+    from ptychograph.distributed_run import SyncPoint
     from ptychograph.results import check_output_free, write_result
+    from ptychograph.run_loop import SyncHook, run_distributed
 
     if write:
         check_output_free(config.output.path, overwrite, config.output.figure)
@@ -266,12 +267,22 @@ def reconstruct(
         save_checkpoint(out.checkpoint_path, sync, config)
         log.info("checkpoint at iteration %d: %s", sync.iteration, out.checkpoint_path)
 
-    hook = checkpoint if writes_checkpoints else None
+    def preview(sync: SyncPoint) -> None:
+        from ptychograph.plotting import preview_figure
+
+        preview_figure(sync.estimates.probe, sync.estimates.obj, sync.iteration, preview_path)
+
+    preview_path = out.path.with_name(out.path.stem + ".preview.png")
+    hooks = []
+    if writes_checkpoints:
+        hooks.append(SyncHook(out.checkpoint_every, checkpoint, at_end=True))
+    if write and out.preview_every > 0:
+        hooks.append(SyncHook(out.preview_every, preview))
     store = frames_store(config, overwrite)
     try:
         with open_client(config.cluster, client) as active:
             state, history, problem = run_distributed(
-                active, store, config, progress, workers, start, hook
+                active, store, config, progress, workers, start, hooks
             )
         result = Result(state, history, problem, config)
         if write:

@@ -118,3 +118,33 @@ def _save(fig, path: Path) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def preview_figure(probe: np.ndarray, obj: np.ndarray, iteration: int, path: Path) -> None:
+    """The current object phase and probe-mode amplitudes, for ``output.preview_every``.
+
+    probe : (probe_mode, py, px); obj : (obj_mode, y, x) (NumPy or CuPy).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ptychograph.modes import orthogonalise, power_shares
+
+    probe = probe.get() if hasattr(probe, "get") else np.asarray(probe)
+    first = obj[0].get() if hasattr(obj, "get") else np.asarray(obj[0])
+    modes, _ = orthogonalise(probe)
+    shares = power_shares(modes)
+    fig = Figure(figsize=(4 * (1 + len(modes)), 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 1 + len(modes), squeeze=False)[0]
+    phase = np.angle(first * np.exp(-1j * np.angle(np.sum(first))))
+    low, high = _limits(phase)
+    axes[0].imshow(phase, cmap="gray", vmin=low, vmax=high)
+    axes[0].set_title(f"object phase, iteration {iteration}")
+    for ax, mode, share in zip(axes[1:], modes, shares, strict=True):
+        ax.imshow(np.abs(mode), cmap="magma")
+        ax.set_title(f"probe mode: {100 * share:.1f} %")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)

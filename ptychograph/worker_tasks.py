@@ -173,6 +173,9 @@ def reset_task(name: str, estimates: Estimates) -> int:
     xp = store.xp
     probe, obj = xp.asarray(estimates.probe), xp.asarray(estimates.obj)
     for chunk in store.chunks:
+        shape = (chunk.n_views, probe.shape[0], obj.shape[0], *chunk.frame_shape)
+        if chunk.exit_waves.shape != shape:  # the number of modes changed
+            chunk.exit_waves = xp.empty(shape, dtype=probe.dtype)
         reset_exit_waves(chunk, probe, obj, store.batch_size)
     store.chunks.extend(
         make_chunk(amplitudes, store.good, origins, probe, obj, store.batch_size)

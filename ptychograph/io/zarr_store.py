@@ -1,6 +1,7 @@
 """Frames stores: a scan as a chunked Zarr group, read chunk by chunk by Dask workers.
 
-``ptychograph convert IN.cxi OUT.zarr`` writes one (:func:`convert_to_store`). The group holds
+``ptychograph convert IN OUT.zarr`` (IN: CXI, HXN or NumPy) writes one
+(:func:`convert_to_store`). The group holds
 
 * ``frames`` (frame, py, px) float32, chunked (chunk_frames, H, W), Blosc/Zstd + bit-shuffle;
 * ``positions`` (frame, axis) float64 (y, x) metres;
@@ -20,7 +21,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import zarr
@@ -30,6 +31,9 @@ import zarr.errors
 from ptychograph.errors import InputError
 from ptychograph.io.validate import validate_frames
 from ptychograph.scan import Geometry, Scan
+
+if TYPE_CHECKING:
+    from ptychograph.config import DataConfig
 
 FORMAT = "ptychograph-frames"
 FORMAT_VERSION = 1
@@ -97,16 +101,19 @@ def convert_to_store(
     overwrite: bool = False,
     nonfinite: Literal["error", "drop"] = "error",
     negative: Literal["error", "clip"] = "error",
+    data: DataConfig | None = None,
 ) -> list[str]:
-    """Read ``source`` (CXI), check its frames (:func:`validate_frames`), write a frames store.
+    """Read ``source`` (CXI, HXN, NumPy ``.npz`` or a frames store: :func:`load_scan`), check
+    its frames (:func:`validate_frames`), write a frames store.
 
-    Returns the validation notes (dropped or clipped frames). Nothing is written when the
-    source or its frames are refused.
+    ``data`` gives the format, geometry and position unit to read ``source`` with (required
+    for NumPy inputs, which carry no geometry). Returns the validation notes (dropped or
+    clipped frames). Nothing is written when the source or its frames are refused.
     """
     from ptychograph.io import load_scan  # the package imports this module
 
     _check_target(Path(target), overwrite)
-    scan, notes = validate_frames(load_scan(source), nonfinite=nonfinite, negative=negative)
+    scan, notes = validate_frames(load_scan(source, data), nonfinite=nonfinite, negative=negative)
     write_frames_store(scan, target, chunk_frames=chunk_frames, overwrite=overwrite)
     return notes
 

@@ -72,10 +72,10 @@ class Case:
     bug: str | None = None
 
 
-def base_config(data: str = CXI_NAME) -> dict[str, Any]:
-    """A valid tiny run: 2 iterations, one worker, output in out/, paths relative."""
+def base_config(data_path: str = CXI_NAME) -> dict[str, Any]:
+    """A valid tiny run of ``data_path``: 2 iterations, one worker, output in out/."""
     return {
-        "data": {"path": data},
+        "data": {"path": data_path},
         "reconstruction": {"iterations": 2},
         "output": {"path": OUTPUT},
         "cluster": {"n_workers": 1},
@@ -94,9 +94,9 @@ def write_config(folder: Path, content: dict[str, Any] | str | bytes) -> Path:
     return path
 
 
-def config_with(data: str = CXI_NAME, **sections: dict[str, Any]) -> dict[str, Any]:
-    """:func:`base_config` with ``sections`` merged in key by key."""
-    content = base_config(data)
+def config_with(**sections: dict[str, Any]) -> dict[str, Any]:
+    """:func:`base_config` (reading scan.cxi) with ``sections`` merged in key by key."""
+    content = base_config()
     for name, values in sections.items():
         content.setdefault(name, {}).update(values)
     return content
