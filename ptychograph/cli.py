@@ -10,7 +10,9 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -109,17 +111,35 @@ def _shares(probe: np.ndarray) -> np.ndarray:
     return power_shares(probe)
 
 
-def _progress(total: int):
+def _progress(total: int, stream: TextIO | None = None) -> Callable[[int, History], None]:
+    """Progress reporting: a one-line bar on a terminal, plain log lines otherwise."""
+    stream = stream if stream is not None else sys.stderr
     every = max(1, total // 20)
+    start = time.perf_counter()
+    tty = stream.isatty()
 
     def report(it: int, history: History) -> None:
-        if it == 1 or it % every == 0 or it == total:
+        elapsed = time.perf_counter() - start
+        per_it = elapsed / max(it, 1)
+        eta = per_it * (total - it)
+        error = history.fourier_error[-1]
+        if tty:
+            filled = int(30 * it / total)
+            bar = "#" * filled + "." * (30 - filled)
+            stream.write(
+                f"\r[{bar}] {it}/{total}  error {error:.3e}  {per_it:.3f} s/it  ETA {eta:.0f} s"
+            )
+            if it == total:
+                stream.write("\n")
+            stream.flush()
+        elif it == 1 or it % every == 0 or it == total:
             log.info(
-                "iteration %d/%d  fourier error %.3e  %.3f s/it",
+                "iteration %d/%d  fourier error %.3e  %.3f s/it  ETA %.0f s",
                 it,
                 total,
-                history.fourier_error[-1],
+                error,
                 history.seconds[-1],
+                eta,
             )
 
     return report
