@@ -132,7 +132,11 @@ class ReconstructionConfig(_Section):
     average_last: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fraction of final iterations averaged into the result."
     )
-    subpixel: bool = Field(True, description="Honour sub-pixel positions (Fourier shift).")
+    subpixel: Literal["fourier", "linear", "off"] = Field(
+        "fourier",
+        description="Sub-pixel positions: fourier (phase-ramp shift of the probe, exact "
+        "band-limited), linear (bilinear, ~10x cheaper, slightly smoothing) or off (rounded).",
+    )
     object_margin: int = Field(8, ge=0, le=4096, description="Object pixels around the scan.")
     batch_size: int = Field(64, ge=1, le=65536, description="Views per vectorised batch.")
 
@@ -178,6 +182,11 @@ class OutputConfig(_Section):
     )
     checkpoint: Path | None = Field(
         None, description="Checkpoint store (default: <output stem>.checkpoint.zarr beside it)."
+    )
+    keep_checkpoint: bool = Field(
+        False,
+        description="Keep the checkpoint after a successful run (to extend it later with "
+        "--resume); by default it is removed once the result is written.",
     )
 
     @property

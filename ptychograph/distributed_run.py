@@ -263,6 +263,7 @@ class DaskRun:
                 self.config.cluster.backend,
                 self.batch_size,
                 self.need_bytes(sum(b - a for a, b in mine)),
+                rec.subpixel,
             )
             futures.append(self._on(worker, load_task, *args, key=f"load-{uuid.uuid4().hex[:6]}"))
         stats: FrameStats = self._reduce(futures, f"frame-sum-{uuid.uuid4().hex[:6]}").result()

@@ -111,7 +111,7 @@ def scan_origins(positions: np.ndarray, geometry: Geometry, config: Config) -> n
         config.data.flip_x,
         config.data.flip_y,
     )
-    return origins if rec.subpixel else np.round(origins)
+    return np.round(origins) if rec.subpixel == "off" else origins
 
 
 def prepare(summary: ScanSummary | Scan, config: Config) -> Problem:
@@ -196,6 +196,7 @@ def run_local(
             problem.state.probe,
             problem.state.obj,
             rec.batch_size,
+            rec.subpixel,
         )
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         if b > a
@@ -287,6 +288,8 @@ def reconstruct(
         result = Result(state, history, problem, config)
         if write:
             write_result(result, config.output.path, overwrite=overwrite)
+            if writes_checkpoints and not out.keep_checkpoint:
+                shutil.rmtree(out.checkpoint_path, ignore_errors=True)
     finally:
         if store.parent == work_dir(config):
             shutil.rmtree(work_dir(config), ignore_errors=True)

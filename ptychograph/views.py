@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from ptychograph.backend import Array, get_array_module
 from ptychograph.fourier import dm_exit_wave_update
 from ptychograph.operators import (
+    SubpixelShift,
     exit_waves,
     extract_views,
     insert_views,
-    phase_ramps,
-    shift_modes,
-    sum_unshifted,
 )
 from ptychograph.partials import FourierError, OverlapPartials
 
@@ -36,6 +35,8 @@ class ViewChunk:
     corners : (N, 2) int64, integer (row, column) of each view's top-left corner.
     frac : (N, 2) real, sub-pixel part of each view's position, in [0, 1).
     exit_waves : (N, M_P, M_O, H, W) complex, psi.
+    subpixel : how the probe is moved by ``frac`` - ``"fourier"`` or ``"linear"``
+    (:class:`~ptychograph.operators.SubpixelShift`).
     """
 
     amplitudes: Array
@@ -43,6 +44,11 @@ class ViewChunk:
     corners: Array
     frac: Array
     exit_waves: Array
+    subpixel: str = "fourier"
+
+    def shifter(self, sl: slice, dtype: Any) -> SubpixelShift:
+        """S_j for the views ``sl``."""
+        return SubpixelShift(self.frac[sl], self.frame_shape, dtype, self.subpixel)
 
     @property
     def n_views(self) -> int:
@@ -67,8 +73,7 @@ def _batches(n_views: int, batch_size: int) -> Iterator[slice]:
 
 def current_views(chunk: ViewChunk, sl: slice, probe: Array, obj: Array) -> Array:
     """phi for the views ``sl`` of a chunk: (n, M_P, M_O, H, W) complex (eq. 2)."""
-    ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
-    probe_views = shift_modes(probe, ramps)
+    probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
     obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
     return exit_waves(probe_views, obj_views)
 
@@ -80,18 +85,20 @@ def make_chunk(
     probe: Array,
     obj: Array,
     batch_size: int = 64,
+    subpixel: str = "fourier",
 ) -> ViewChunk:
     """Build a chunk whose exit waves start at the current views, psi = phi = P O.
 
     amplitudes : (N, H, W) real; origins : (N, 2) float view corners in object pixels;
     probe : (M_P, H, W); obj : (M_O, Y, X). The exit waves take the probe's dtype.
+    subpixel : ``"fourier"`` or ``"linear"`` sub-pixel shifts of the probe.
     """
     xp = get_array_module(amplitudes, probe)
     corners = xp.floor(origins).astype(xp.int64)
     frac = (origins - corners).astype(amplitudes.dtype)
     n_views = amplitudes.shape[0]
     psi = xp.empty((n_views, probe.shape[0], obj.shape[0], *amplitudes.shape[1:]), probe.dtype)
-    chunk = ViewChunk(amplitudes, good, corners, frac, psi)
+    chunk = ViewChunk(amplitudes, good, corners, frac, psi, subpixel)
     reset_exit_waves(chunk, probe, obj, batch_size)
     return chunk
 
@@ -158,8 +165,7 @@ def update_views(
     for sl in _batches(chunk.n_views, batch_size):
         if rotation is not None:
             chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
-        ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
-        probe_views = shift_modes(probe, ramps)
+        probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
         obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
         views = exit_waves(probe_views, obj_views)
         psi = chunk.exit_waves[sl]
@@ -198,8 +204,8 @@ def object_partials(
     numerator = xp.zeros((n_obj_modes, *obj_shape), dtype=probe.dtype)
     denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
     for sl in _batches(chunk.n_views, batch_size):
-        ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, probe.dtype)
-        num, den = _object_terms(shift_modes(probe, ramps), chunk.exit_waves[sl])
+        probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
+        num, den = _object_terms(probe_views, chunk.exit_waves[sl])
         numerator += insert_views(num, chunk.corners[sl], obj_shape)
         denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
     return OverlapPartials(numerator, denominator)
@@ -225,9 +231,9 @@ def probe_partials(
     denominator = xp.zeros((height, width), dtype=chunk.amplitudes.dtype)
     for sl in _batches(chunk.n_views, batch_size):
         obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)  # (n, M_O, H, W)
-        ramps = phase_ramps(chunk.frac[sl], chunk.frame_shape, obj.dtype)
-        residual = chunk.exit_waves[sl] - exit_waves(shift_modes(probe, ramps), obj_views)
+        shifter = chunk.shifter(sl, obj.dtype)
+        residual = chunk.exit_waves[sl] - exit_waves(shifter.shift(probe), obj_views)
         num_views = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
-        numerator += sum_unshifted(num_views, ramps)
+        numerator += shifter.sum_adjoint(num_views)
         denominator += xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1))
     return OverlapPartials(numerator, denominator)

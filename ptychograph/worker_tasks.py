@@ -86,6 +86,7 @@ class ViewStore(WorkerPlugin):
         self.good: Array | None = None
         self.batch_size = 64
         self.backend = "numpy"
+        self.subpixel = "fourier"
 
     def setup(self, worker: Any) -> None:
         self.chunks = []
@@ -139,6 +140,7 @@ def load_task(
     backend: str,
     batch_size: int,
     need_bytes: int = 0,
+    subpixel: str = "fourier",
 ) -> FrameStats:
     """Read this worker's frame ranges from the store and keep sqrt(I) resident."""
     from ptychograph.cluster import resolve_backend
@@ -146,6 +148,7 @@ def load_task(
 
     store = _store(name)
     store.backend, store.batch_size = resolve_backend(backend), batch_size
+    store.subpixel = subpixel
     xp = store.xp
     if store.backend == "cupy":
         check_device_memory(need_bytes)
@@ -178,7 +181,7 @@ def reset_task(name: str, estimates: Estimates) -> int:
             chunk.exit_waves = xp.empty(shape, dtype=probe.dtype)
         reset_exit_waves(chunk, probe, obj, store.batch_size)
     store.chunks.extend(
-        make_chunk(amplitudes, store.good, origins, probe, obj, store.batch_size)
+        make_chunk(amplitudes, store.good, origins, probe, obj, store.batch_size, store.subpixel)
         for amplitudes, origins in store.amplitudes
     )
     store.amplitudes = []

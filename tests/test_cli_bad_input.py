@@ -37,6 +37,8 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 Cli = Callable[..., CliResult]
+#: What a successful run writes into out/ (a checkpoint of the last iteration may join them).
+OUTPUTS = ("result.zarr", "result.png")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -104,9 +106,9 @@ def open_result(ws: Workspace) -> xr.Dataset:
 
 
 def assert_clean_output(ws: Workspace) -> None:
-    """out/ holds result.zarr and result.png and nothing else (no hidden temporaries)."""
+    """out/ holds result.zarr, result.png and at most the final checkpoint; nothing hidden."""
     top = {name for name in tree(ws.out) if "/" not in name}
-    assert top == {"result.zarr", "result.png"}
+    assert set(OUTPUTS) <= top <= {*OUTPUTS, "result.checkpoint.zarr"}, top
     assert (ws.out / "result.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -34,7 +34,12 @@ def _raw(scan: Path, out: Path, iterations: int, **cluster) -> dict:  # type: ig
     return {
         "data": {"path": str(scan)},
         "reconstruction": {"iterations": iterations, "probe_modes": 2, "seed": 1},
-        "output": {"path": str(out), "checkpoint_every": 5, "figure": False},
+        "output": {
+            "path": str(out),
+            "checkpoint_every": 5,
+            "figure": False,
+            "keep_checkpoint": True,
+        },
         "cluster": {"chunk_frames": 10, "sync_every": 5, **cluster},
     }
 

@@ -186,7 +186,7 @@ def with_value(row: int, col: int, value: float) -> Callable[[np.ndarray], np.nd
 
 
 def times(factor: float) -> Callable[[np.ndarray], np.ndarray]:
-    """Positions scaled, e.g. micrometres written as metres-per-1e-4: an absurd object."""
+    """Positions scaled by ``factor``, as by a unit mix-up; 1e4 spans > 100k pixels a side."""
     return lambda xyz: xyz * factor
 
 
