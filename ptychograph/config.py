@@ -132,10 +132,10 @@ class ReconstructionConfig(_Section):
     average_last: float = Field(
         0.2, ge=0.0, lt=1.0, description="Fraction of final iterations averaged into the result."
     )
-    subpixel: Literal["fourier", "linear", "off"] = Field(
+    subpixel: Literal["fourier", "off"] = Field(
         "fourier",
         description="Sub-pixel positions: fourier (phase-ramp shift of the probe, exact "
-        "band-limited), linear (bilinear, ~10x cheaper, slightly smoothing) or off (rounded).",
+        "band-limited interpolation) or off (positions rounded to whole pixels).",
     )
     object_margin: int = Field(8, ge=0, le=4096, description="Object pixels around the scan.")
     batch_size: int = Field(64, ge=1, le=65536, description="Views per vectorised batch.")

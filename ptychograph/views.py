@@ -35,8 +35,8 @@ class ViewChunk:
     corners : (N, 2) int64, integer (row, column) of each view's top-left corner.
     frac : (N, 2) real, sub-pixel part of each view's position, in [0, 1).
     exit_waves : (N, M_P, M_O, H, W) complex, psi.
-    subpixel : how the probe is moved by ``frac`` - ``"fourier"`` or ``"linear"``
-    (:class:`~ptychograph.operators.SubpixelShift`).
+    subpixel : ``"fourier"`` (the probe is Fourier-shifted by ``frac``); positions rounded
+    for ``"off"`` have ``frac`` = 0.
     """
 
     amplitudes: Array
@@ -48,7 +48,7 @@ class ViewChunk:
 
     def shifter(self, sl: slice, dtype: Any) -> SubpixelShift:
         """S_j for the views ``sl``."""
-        return SubpixelShift(self.frac[sl], self.frame_shape, dtype, self.subpixel)
+        return SubpixelShift(self.frac[sl], self.frame_shape, dtype)
 
     @property
     def n_views(self) -> int:
@@ -91,7 +91,7 @@ def make_chunk(
 
     amplitudes : (N, H, W) real; origins : (N, 2) float view corners in object pixels;
     probe : (M_P, H, W); obj : (M_O, Y, X). The exit waves take the probe's dtype.
-    subpixel : ``"fourier"`` or ``"linear"`` sub-pixel shifts of the probe.
+    subpixel : the sub-pixel method (``"fourier"``; kept with the chunk for the record).
     """
     xp = get_array_module(amplitudes, probe)
     corners = xp.floor(origins).astype(xp.int64)

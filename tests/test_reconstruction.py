@@ -61,10 +61,9 @@ def test_subpixel_positions_matter(step_scan) -> None:  # type: ignore[no-untype
     sim, path = step_scan
     exact = _run(path, iterations=40, probe_modes=1)
     rounded = _run(path, iterations=40, probe_modes=1, subpixel="off")
-    linear = _run(path, iterations=40, probe_modes=1, subpixel="linear")
+
     # measured: 1.2e-3 with sub-pixel shifts vs 2.0e-3 when positions are rounded
     assert exact.history.fourier_error[-1] < 0.8 * rounded.history.fourier_error[-1]
-    assert linear.history.fourier_error[-1] < 0.8 * rounded.history.fourier_error[-1]
     np.testing.assert_array_equal(rounded.problem.origins, np.round(exact.problem.origins))
 
 

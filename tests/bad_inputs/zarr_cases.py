@@ -73,7 +73,8 @@ def geometry(**changes: Any) -> Corrupt:
 
     def corrupt(path: Path, scan: Scan) -> None:
         group = zarr.open_group(path, mode="r+")
-        geo = {**group.attrs["geometry"], **changes}
+        old: dict[str, Any] = group.attrs.asdict()["geometry"]  # type: ignore[assignment]
+        geo = {**old, **changes}
         group.attrs["geometry"] = {key: value for key, value in geo.items() if value is not None}
 
     return corrupt
