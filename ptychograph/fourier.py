@@ -7,7 +7,7 @@ doi:10.1038/nature11806, for the incoherent sum over modes.
 
 from __future__ import annotations
 
-from ptychograph.backend import Array, fft2c, get_array_module, ifft2c
+from ptychograph.backend import Array, fft2, fft2c, get_array_module, ifft2, ifft2c
 from ptychograph.partials import FourierError
 
 
@@ -70,6 +70,7 @@ def dm_exit_wave_update(
     good: Array | None,
     beta: float,
     noise_bound: float = 0.0,
+    centred: bool = True,
 ) -> FourierError:
     """Eq. 3, in place: psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi).
 
@@ -77,19 +78,23 @@ def dm_exit_wave_update(
     views : (N, M_P, M_O, H, W) complex, phi = P O from the current estimates.
     amplitudes : (N, H, W) real sqrt(I). good : (H, W) bool or None. beta : feedback.
     noise_bound : see :func:`modulus_constraint`.
+    centred : amplitudes and mask have zero frequency at the frame centre (the detector
+    convention, F = fftshift o fft2); False when they are already in FFT order (zero
+    frequency at [0, 0]), which skips the shifts - the same update, reindexed.
 
     Returns the Fourier error terms of the current model phi (not of 2 phi - psi: DM's own
     iterate keeps a gap to the data even at its fixed point, so only the model's error falls
     as the reconstruction converges). By linearity F(2 phi - psi) = 2 F phi - F psi.
     """
-    model = fft2c(views)
+    forward, inverse = (fft2c, ifft2c) if centred else (fft2, ifft2)
+    model = forward(views)
     error = fourier_error(model, amplitudes, good)
-    spectrum = fft2c(exit_waves)
+    spectrum = forward(exit_waves)
     spectrum *= -1
     spectrum += 2 * model
     del model
     spectrum = modulus_constraint(spectrum, amplitudes, good, noise_bound)
-    projected = ifft2c(spectrum)
+    projected = inverse(spectrum)
     projected -= views
     projected *= beta
     exit_waves += projected
