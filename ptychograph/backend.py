@@ -65,19 +65,22 @@ def ifft2c(x: Array) -> Array:
     return xp.fft.ifft2(xp.fft.ifftshift(x, axes=(-2, -1)), norm="ortho")
 
 
-def fft2(x: Array) -> Array:
-    """Plain unitary FFT over the last two axes (no shift), batched, threaded on NumPy."""
+def fft2(x: Array, overwrite: bool = False) -> Array:
+    """Plain unitary FFT over the last two axes (no shift), batched, threaded on NumPy.
+
+    overwrite : ``x`` is a temporary the transform may reuse (saves an allocation).
+    """
     xp = get_array_module(x)
     if xp is np:
-        return scipy.fft.fft2(x, norm="ortho", workers=fft_workers())
+        return scipy.fft.fft2(x, norm="ortho", workers=fft_workers(), overwrite_x=overwrite)
     return xp.fft.fft2(x, norm="ortho")
 
 
-def ifft2(x: Array) -> Array:
-    """Plain unitary inverse FFT over the last two axes (no shift)."""
+def ifft2(x: Array, overwrite: bool = False) -> Array:
+    """Plain unitary inverse FFT over the last two axes (no shift); see :func:`fft2`."""
     xp = get_array_module(x)
     if xp is np:
-        return scipy.fft.ifft2(x, norm="ortho", workers=fft_workers())
+        return scipy.fft.ifft2(x, norm="ortho", workers=fft_workers(), overwrite_x=overwrite)
     return xp.fft.ifft2(x, norm="ortho")
 
 

@@ -82,8 +82,11 @@ def _connect(config: ClusterConfig) -> Any:
     if config.security is not None:
         security = _security(config)
     try:
+        _probe(config.address, config.connect_timeout, security)
         client = Client(config.address, timeout=config.connect_timeout, security=security)
-    except (OSError, TimeoutError) as err:
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - anything here means no usable scheduler
         raise InputError(
             "cluster.address",
             f"could not connect to a scheduler at {config.address} within "
@@ -108,6 +111,30 @@ def _security(config: ClusterConfig) -> Any:
         tls_client_key=None if tls.key_file is None else str(tls.key_file),
         require_encryption=tls.require_encryption,
     )
+
+
+def _probe(address: str | None, timeout: float, security: Any) -> None:
+    """Open and close one comm to ``address`` within ``timeout`` seconds, handshake included:
+    a port that accepts connections but never answers like a Dask scheduler fails here
+    instead of hanging the client."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    assert address is not None
+    kwargs = security.get_connection_args("client") if security is not None else {}
+
+    async def attempt() -> None:
+        comm = await connect(address, timeout=timeout, **kwargs)
+        await comm.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(attempt(), timeout))
+    except TimeoutError:
+        raise InputError(
+            "cluster.address",
+            f"{address} did not answer like a Dask scheduler within {timeout:g} s",
+        ) from None
 
 
 def _workers(client: Any) -> list[str]:

@@ -288,7 +288,9 @@ def _error_line(err: ValidationError) -> InputError:
     errors = err.errors()
     unknown = [e for e in errors if e["type"] == "extra_forbidden"]
     first = unknown[0] if unknown else errors[0]
-    field = ".".join(str(p) for p in first["loc"]) or "config"
+    # union members add their type to the location (probe_modes.int, ...literal['auto'])
+    parts = [str(p) for p in first["loc"] if not _is_type_tag(str(p))]
+    field = ".".join(parts) or "config"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key (check the spelling)"
@@ -299,6 +301,30 @@ def _error_line(err: ValidationError) -> InputError:
     else:
         message = f"{message} (got {first.get('input')!r})"
     return InputError(field, message)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses repeated keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"duplicate key {key!r} (line {line})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _is_type_tag(part: str) -> bool:
+    return part in {"int", "float", "str", "bool", "none"} or part.startswith(
+        ("literal[", "function-", "lax-or-strict")
+    )
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
@@ -344,7 +370,9 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
     except (UnicodeDecodeError, OSError) as err:
         raise InputError("config", f"{path} is not a readable UTF-8 text file ({err})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as err:
+        raise InputError("config", f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

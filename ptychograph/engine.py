@@ -210,7 +210,7 @@ def load_validated(config: Config) -> tuple[Scan, list[str]]:
     from ptychograph.io import load_scan
     from ptychograph.io.validate import validate_frames
 
-    scan = load_scan(config.data.path)
+    scan = load_scan(config.data.path, config.data)
     return validate_frames(scan, config.data.nonfinite, config.data.negative)
 
 
@@ -281,6 +281,7 @@ def reconstruct(
         hooks.append(SyncHook(out.preview_every, preview))
     store = frames_store(config, overwrite)
     try:
+        check_geometry(store, config)  # before any cluster starts
         with open_client(config.cluster, client) as active:
             state, history, problem = run_distributed(
                 active, store, config, progress, workers, start, hooks
@@ -296,6 +297,53 @@ def reconstruct(
     return result
 
 
+def check_geometry(store: Path, config: Config) -> None:
+    """Refuse, before a cluster starts, an impossible object size (wrong units or geometry)
+    and initial guesses that cannot be read or do not fit."""
+    from ptychograph.io import apply_geometry
+    from ptychograph.io.zarr_store import read_store_info
+
+    info = read_store_info(store)
+    geometry = apply_geometry(info.geometry, config.data.geometry)
+    origins = scan_origins(info.positions, geometry, config)
+    shape = object_shape(origins, geometry.frame_shape, config.reconstruction.object_margin)
+    init = config.initial
+    if init.probe == "file" and init.probe_path is not None:
+        load_probe_file(init.probe_path, geometry.frame_shape)
+    if init.previous is not None and "previous" in (init.probe, init.object):
+        previous = load_previous(init.previous, "object", "initial.previous")
+        if init.object == "previous" and previous.shape[1:] != shape:
+            raise InputError(
+                "initial.previous", f"object {previous.shape[1:]} does not fit this scan's {shape}"
+            )
+
+
+def store_is_clean(path: Path, config: Config) -> bool:
+    """Check a frames store's values chunk by chunk. True when it can be used as it is; False
+    when ``data.nonfinite: drop`` / ``data.negative: clip`` must repair it (the run then
+    converts it into its work folder); InputError when it holds values the config refuses."""
+    from ptychograph.io.zarr_store import check_store_frames
+
+    check = check_store_frames(path)
+    data = config.data
+    if check.nonfinite_frames and data.nonfinite == "error":
+        first = check.nonfinite_frames[0]
+        raise InputError(
+            "frames",
+            f"{len(check.nonfinite_frames)} frames contain NaN or Inf (first: frame {first}); "
+            "set data.nonfinite: drop to drop them",
+        )
+    if check.negative_pixels and data.negative == "error":
+        raise InputError(
+            "frames",
+            f"{check.negative_pixels} negative pixels in {check.negative_frames} frames; "
+            "set data.negative: clip to clip them to zero",
+        )
+    if check.all_zero:
+        raise InputError("frames", "every frame is entirely zero")
+    return not (check.nonfinite_frames or check.negative_pixels)
+
+
 def work_dir(config: Config) -> Path:
     """The run's work folder beside the output: result.zarr -> .result.work/."""
     out = config.output.path
@@ -307,7 +355,7 @@ def frames_store(config: Config, overwrite: bool = False) -> Path:
     from ptychograph.io.zarr_store import convert_to_store, is_frames_store
 
     path = config.data.path
-    if is_frames_store(path):
+    if is_frames_store(path) and store_is_clean(path, config):
         return path
     folder = work_dir(config)
     target = folder / "frames.zarr"
@@ -320,6 +368,7 @@ def frames_store(config: Config, overwrite: bool = False) -> Path:
             overwrite=True,
             nonfinite=config.data.nonfinite,
             negative=config.data.negative,
+            data=config.data,
         )
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

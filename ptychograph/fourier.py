@@ -86,15 +86,14 @@ def dm_exit_wave_update(
     iterate keeps a gap to the data even at its fixed point, so only the model's error falls
     as the reconstruction converges). By linearity F(2 phi - psi) = 2 F phi - F psi.
     """
-    forward, inverse = (fft2c, ifft2c) if centred else (fft2, ifft2)
-    model = forward(views)
+    xp = get_array_module(exit_waves)
+    model = fft2c(views) if centred else fft2(views)
     error = fourier_error(model, amplitudes, good)
-    spectrum = forward(exit_waves)
-    spectrum *= -1
-    spectrum += 2 * model
-    del model
+    spectrum = fft2c(exit_waves) if centred else fft2(exit_waves)
+    model *= 2
+    spectrum = xp.subtract(model, spectrum, out=model)  # 2 F phi - F psi, in model's buffer
     spectrum = modulus_constraint(spectrum, amplitudes, good, noise_bound)
-    projected = inverse(spectrum)
+    projected = ifft2c(spectrum) if centred else ifft2(spectrum, overwrite=True)
     projected -= views
     projected *= beta
     exit_waves += projected

@@ -72,7 +72,8 @@ def shift_modes(modes: Array, ramps: tuple[Array, Array] | None) -> Array:
         return modes[None]
     ramp_y, ramp_x = ramps
     spectrum = fft2(modes)
-    return ifft2(spectrum[None] * ramp_y[:, None] * ramp_x[:, None])
+    ramp = (ramp_y * ramp_x)[:, None]  # (n, 1, H, W)
+    return ifft2(spectrum[None] * ramp, overwrite=True)
 
 
 def unshift_modes(waves: Array, ramps: tuple[Array, Array] | None) -> Array:
@@ -98,9 +99,8 @@ def sum_unshifted(waves: Array, ramps: tuple[Array, Array] | None) -> Array:
     xp = get_array_module(waves)
     ramp_y, ramp_x = ramps
     spectrum = fft2(waves)
-    spectrum *= xp.conj(ramp_y[:, None])
-    spectrum *= xp.conj(ramp_x[:, None])
-    return ifft2(spectrum.sum(axis=0))
+    spectrum *= xp.conj(ramp_y * ramp_x)[:, None]
+    return ifft2(spectrum.sum(axis=0), overwrite=True)
 
 
 def extract_views(obj: Array, corners: Array, shape: tuple[int, int]) -> Array:

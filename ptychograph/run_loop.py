@@ -11,6 +11,7 @@ run from the latest sync point (:meth:`~ptychograph.distributed_run.DaskRun.reco
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -158,9 +159,11 @@ def run_distributed(
     """The whole distributed run on ``client``; returns final state, history and problem."""
     from ptychograph.engine import ScanSummary, prepare, scan_origins, settings_from
     from ptychograph.geometry import object_shape
+    from ptychograph.io import apply_geometry
     from ptychograph.io.zarr_store import read_store_info
 
     info = read_store_info(store)
+    info = dataclasses.replace(info, geometry=apply_geometry(info.geometry, config.data.geometry))
     origins = scan_origins(info.positions, info.geometry, config)
     shape = object_shape(origins, info.geometry.frame_shape, config.reconstruction.object_margin)
     chosen = select_workers(client, config.cluster.n_workers, workers)

@@ -182,13 +182,6 @@ def run_script(*args: str | Path, limit: float) -> tuple[CliResult, float]:
     return CliResult(done.returncode, done.stdout, done.stderr), time.perf_counter() - start
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: errors found after the local Dask cluster started (here the object "
-    "size check in run_distributed) come after ~25 lines of Dask INFO logs on stderr, because "
-    "cli.main configures the root logger at INFO and the store is checked only once the "
-    "cluster is up",
-)
 def test_error_found_on_the_cluster_is_still_one_line(
     good: GoodScan, old_result: Path, tmp_path: Path
 ) -> None:
@@ -240,22 +233,10 @@ HTTP_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
         pytest.param(
             None,
             id="accepts-but-never-answers",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product bug: distributed.comm.core.connect awaits the handshake with "
-                "no timeout, so Client(address, timeout=connect_timeout) hangs for ever on a "
-                "port that accepts but never answers",
-            ),
         ),
         pytest.param(
             HTTP_REPLY,
             id="answers-http",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="product bug: a non-Dask service (e.g. the dashboard port) makes the "
-                "handshake raise MemoryError, which cluster._connect does not catch (traceback, "
-                "exit 1)",
-            ),
         ),
     ],
 )

@@ -309,9 +309,12 @@ def _array(
     kinds: str = REAL_KINDS,
 ) -> zarr.Array:
     """The array ``name``, refused when missing, not an array, of the wrong kind or rank."""
-    if name not in group:
-        raise _store_error(store, f"missing array {name!r}")
-    node = group[name]
+    try:
+        if name not in group:
+            raise _store_error(store, f"missing array {name!r}")
+        node = group[name]
+    except (ValueError, OSError, zarr.errors.BaseZarrError) as err:
+        raise _store_error(store, f"{name!r} metadata is unreadable ({_first_line(err)})") from None
     if not isinstance(node, zarr.Array):
         raise _store_error(store, f"{name!r} is a group, expected an array {expected}")
     if np.dtype(node.dtype).kind not in kinds:
@@ -332,6 +335,12 @@ def _read_positions(group: zarr.Group, store: Path, n_frames: int) -> np.ndarray
     positions = np.asarray(array[...], dtype=np.float64)
     if not np.isfinite(positions).all():
         raise _store_error(store, "'positions' contains NaN or Inf")
+    from ptychograph.io.cxi import _check_unique
+
+    try:
+        _check_unique(positions, "positions")
+    except InputError as err:
+        raise _store_error(store, f"'positions' {err.problem}") from None
     return positions
 
 
@@ -339,7 +348,11 @@ def _read_optional(
     group: zarr.Group, store: Path, name: str, frame_shape: tuple[int, int]
 ) -> np.ndarray | None:
     """``mask`` (H, W) -> bool, or ``illumination`` (M, H, W) -> finite complex64; or None."""
-    if name not in group:
+    try:
+        present = name in group
+    except (ValueError, OSError, zarr.errors.BaseZarrError) as err:
+        raise _store_error(store, f"{name!r} metadata is unreadable ({_first_line(err)})") from None
+    if not present:
         return None
     if name == "mask":
         array = _array(group, store, name, (2,), f"(H, W) = {frame_shape}")
@@ -376,3 +389,37 @@ def _read_geometry(attrs: dict[str, Any], store: Path, frame_shape: tuple[int, i
     if shape != frame_shape:
         raise _store_error(store, f"geometry frame_shape {list(shape)} != frames {frame_shape}")
     return Geometry(wavelength, distance, (pixel_y, pixel_x), frame_shape)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+@dataclass(frozen=True)
+class FrameCheck:
+    """What a pass over a store's frames found: frames holding NaN/Inf, negative pixels (and
+    the frames holding them), and whether every frame is entirely zero."""
+
+    nonfinite_frames: list[int]
+    negative_pixels: int
+    negative_frames: int
+    all_zero: bool
+
+
+def check_store_frames(path: str | os.PathLike[str]) -> FrameCheck:
+    """Scan a store's frames chunk by chunk (never all in memory) for bad values."""
+    info = read_store_info(path)
+    nonfinite: list[int] = []
+    negative_pixels = negative_frames = 0
+    any_counts = False
+    for start, stop in chunk_ranges(info.n_frames, info.chunk_frames):
+        frames = read_frames(path, start, stop)
+        sums = frames.sum(axis=(1, 2), dtype=np.float64)
+        bad = ~np.isfinite(sums)
+        nonfinite.extend(int(i) + start for i in np.flatnonzero(bad))
+        negative = (frames < 0).sum(axis=(1, 2))
+        negative_pixels += int(negative.sum())
+        negative_frames += int(np.count_nonzero(negative))
+        any_counts = any_counts or bool(np.any(frames[~bad] != 0))
+    return FrameCheck(nonfinite, negative_pixels, negative_frames, not any_counts)

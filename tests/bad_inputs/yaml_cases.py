@@ -90,8 +90,6 @@ CASES = [
         "yaml",
         config(DUPLICATE_SECTION),
         ("reconstruction", "duplicate"),
-        bug="yaml.safe_load keeps the last of two equal keys, so a repeated section silently "
-        "replaces the first and the run goes on",
     ),
     # unknown and misspelt keys
     Case(

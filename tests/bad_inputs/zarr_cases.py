@@ -179,14 +179,12 @@ CASES = [
         "zarr",
         store(overwrite_json("frames/zarr.json", "{ not json")),
         ("data.path", "'frames'"),
-        bug=JSON_UNCAUGHT,
     ),
     Case(
         "zarr-truncated-positions-json",
         "zarr",
         store(truncate_json("positions/zarr.json")),
         ("data.path", "'positions'"),
-        bug=JSON_UNCAUGHT,
     ),
     Case(
         "zarr-wrong-format",
@@ -266,7 +264,6 @@ CASES = [
         "zarr",
         store(replace("positions", positions_where(repeat_row))),
         ("positions", "repeat"),
-        bug=STORE_UNCHECKED,
     ),
     Case(
         "zarr-absurd-object",
@@ -280,21 +277,18 @@ CASES = [
         "zarr",
         store(change=frames_where(set_nan)),
         ("frames", "NaN"),
-        bug=STORE_UNCHECKED,
     ),
     Case(
         "zarr-negative-counts",
         "zarr",
         store(change=frames_where(set_negative)),
         ("frames", "negative"),
-        bug=STORE_UNCHECKED,
     ),
     Case(
         "zarr-all-zero-frames",
         "zarr",
         store(change=frames_where(set_zero)),
         ("frames", "zero"),
-        bug=STORE_UNCHECKED,
     ),
     # geometry attributes
     Case(
