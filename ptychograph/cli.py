@@ -1,4 +1,4 @@
-"""Command line: ``ptychograph run | convert | simulate | plot | demo``.
+"""Command line: ``ptychograph run | convert | info | simulate | plot | demo``.
 
 Bad input of any kind ends with one line ``error: FIELD: PROBLEM`` on stderr and exit code 2,
 without a traceback and without touching existing outputs.
@@ -16,6 +16,7 @@ from typing import TextIO
 
 import numpy as np
 
+from ptychograph.config import DataConfig
 from ptychograph.errors import InputError
 from ptychograph.state import History
 
@@ -92,7 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--nonfinite", choices=["error", "drop"], default="error")
     conv.add_argument("--negative", choices=["error", "clip"], default="error")
     conv.add_argument("--overwrite", action="store_true")
+    _geometry_options(conv)
     conv.set_defaults(func=cmd_convert)
+
+    info = sub.add_parser("info", help="print what a scan file or frames store holds")
+    info.add_argument("path", type=Path, help="CXI, HXN HDF5, .npz or frames .zarr")
+    info.add_argument("--workers", type=int, default=1, help="for the memory estimate")
+    info.add_argument("--probe-modes", type=int, default=1)
+    info.add_argument("--object-modes", type=int, default=1)
+    info.add_argument("--precision", choices=["single", "double"], default="single")
+    _geometry_options(info)
+    info.set_defaults(func=cmd_info)
 
     plot = sub.add_parser("plot", help="redraw the summary figure of a result store")
     plot.add_argument("result", type=Path, help="result .zarr")
@@ -169,6 +180,41 @@ def _progress(total: int, stream: TextIO | None = None) -> Callable[[int, Histor
     return report
 
 
+def _geometry_options(parser: argparse.ArgumentParser) -> None:
+    """Geometry for NumPy inputs (or to override a file's), and the NumPy position unit."""
+    parser.add_argument("--energy-ev", type=float, default=None)
+    parser.add_argument("--distance-m", type=float, default=None)
+    parser.add_argument("--detector-pixel-m", type=float, default=None)
+    parser.add_argument("--positions-unit", choices=["m", "px"], default="m")
+
+
+def _data_options(args: argparse.Namespace, path: Path) -> DataConfig:
+    from ptychograph.config import parse_config
+
+    geometry = {
+        key: value
+        for key in ("energy_ev", "distance_m", "detector_pixel_m")
+        if (value := getattr(args, key)) is not None
+    }
+    raw = {"path": str(path), "geometry": geometry, "positions_unit": args.positions_unit}
+    return parse_config({"data": raw}).data
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ptychograph.info import describe
+
+    text = describe(
+        args.path,
+        _data_options(args, args.path),
+        n_workers=args.workers,
+        probe_modes=args.probe_modes,
+        object_modes=args.object_modes,
+        precision=args.precision,
+    )
+    print(text)
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from ptychograph.io.zarr_store import convert_to_store, read_store_info
 
@@ -179,6 +225,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         nonfinite=args.nonfinite,
         negative=args.negative,
+        data=_data_options(args, args.source),
     )
     for note in notes:
         log.warning("%s", note)
