@@ -11,13 +11,16 @@ spatial frequency at the frame centre, so ``F = fftshift o fft2(norm="ortho")`` 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.fft
 
 Array = Any  # numpy.ndarray or cupy.ndarray
+T = TypeVar("T")
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
@@ -30,8 +33,27 @@ def get_array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+#: Per-thread override of :func:`fft_workers` (set inside batch threads, see
+#: :func:`single_fft_worker`); a thread-local, so it never leaks between threads.
+_THREAD = threading.local()
+
+
+def single_fft_worker(func: Callable[[Any], T], arg: Any) -> T:
+    """Call ``func(arg)`` with this thread's FFTs on one worker (the batch threads of
+    :func:`ptychograph.views._in_threads` already use every core)."""
+    _THREAD.workers = 1
+    try:
+        return func(arg)
+    finally:
+        _THREAD.workers = None
+
+
 def fft_workers() -> int:
-    """Threads for scipy.fft: ``PTYCHOGRAPH_FFT_WORKERS`` or the usable cores."""
+    """Threads for scipy.fft: ``PTYCHOGRAPH_FFT_WORKERS`` or the usable cores (1 inside a
+    batch thread)."""
+    override = getattr(_THREAD, "workers", None)
+    if override:
+        return int(override)
     env = os.environ.get("PTYCHOGRAPH_FFT_WORKERS")
     if env:
         return max(1, int(env))

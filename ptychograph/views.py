@@ -11,11 +11,14 @@ Equations: DESIGN.md steps 1-4 (Dong et al., arXiv:1808.10375, eqs. 2-6).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ptychograph.backend import Array, get_array_module
+import numpy as np
+
+from ptychograph.backend import Array, fft_workers, get_array_module, single_fft_worker
 from ptychograph.fourier import dm_exit_wave_update
 from ptychograph.operators import (
     SubpixelShift,
@@ -24,6 +27,8 @@ from ptychograph.operators import (
     insert_views,
 )
 from ptychograph.partials import FourierError, OverlapPartials
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -165,26 +170,32 @@ def update_views(
     """
     xp = get_array_module(probe)
     obj_shape = (int(obj.shape[1]), int(obj.shape[2]))
-    numerator = xp.zeros((obj.shape[0], *obj_shape), dtype=probe.dtype)
-    denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
-    error = FourierError(0.0, 0.0)
-    for sl in _batches(chunk.n_views, batch_size):
-        if rotation is not None:
-            chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
-        probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
-        obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
-        views = exit_waves(probe_views, obj_views)
-        psi = chunk.exit_waves[sl]
-        error = error + dm_exit_wave_update(
-            psi, views, chunk.amplitudes[sl], chunk.good, beta, noise_bound, centred=False
-        )
-        if with_object_partials:
-            num, den = _object_terms(probe_views, psi)
-            numerator += insert_views(num, chunk.corners[sl], obj_shape)
-            denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
+
+    def work(batches: list[slice]) -> tuple[FourierError, Array, Array]:
+        numerator = xp.zeros((obj.shape[0], *obj_shape), dtype=probe.dtype)
+        denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
+        error = FourierError(0.0, 0.0)
+        for sl in batches:
+            if rotation is not None:
+                chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
+            probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
+            obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
+            views = exit_waves(probe_views, obj_views)
+            psi = chunk.exit_waves[sl]
+            error = error + dm_exit_wave_update(
+                psi, views, chunk.amplitudes[sl], chunk.good, beta, noise_bound, centred=False
+            )
+            if with_object_partials:
+                num, den = _object_terms(probe_views, psi)
+                numerator += insert_views(num, chunk.corners[sl], obj_shape)
+                denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
+        return error, numerator, denominator
+
+    parts = _in_threads(work, chunk.n_views, batch_size, xp)
+    error = sum((p[0] for p in parts[1:]), parts[0][0])
     if not with_object_partials:
         return error, None
-    return error, OverlapPartials(numerator, denominator)
+    return error, OverlapPartials(sum(p[1] for p in parts), sum(p[2] for p in parts))
 
 
 def _object_terms(probe_views: Array, psi: Array) -> tuple[Array, Array]:
@@ -207,14 +218,19 @@ def object_partials(
     """
     xp = get_array_module(probe)
     n_obj_modes = chunk.exit_waves.shape[2]
-    numerator = xp.zeros((n_obj_modes, *obj_shape), dtype=probe.dtype)
-    denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
-    for sl in _batches(chunk.n_views, batch_size):
-        probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
-        num, den = _object_terms(probe_views, chunk.exit_waves[sl])
-        numerator += insert_views(num, chunk.corners[sl], obj_shape)
-        denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
-    return OverlapPartials(numerator, denominator)
+
+    def work(batches: list[slice]) -> tuple[Array, Array]:
+        numerator = xp.zeros((n_obj_modes, *obj_shape), dtype=probe.dtype)
+        denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
+        for sl in batches:
+            probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
+            num, den = _object_terms(probe_views, chunk.exit_waves[sl])
+            numerator += insert_views(num, chunk.corners[sl], obj_shape)
+            denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
+        return numerator, denominator
+
+    parts = _in_threads(work, chunk.n_views, batch_size, xp)
+    return OverlapPartials(sum(p[0] for p in parts), sum(p[1] for p in parts))
 
 
 def probe_partials(
@@ -233,13 +249,38 @@ def probe_partials(
     xp = get_array_module(obj)
     n_probe_modes = chunk.exit_waves.shape[1]
     height, width = chunk.frame_shape
-    numerator = xp.zeros((n_probe_modes, height, width), dtype=obj.dtype)
-    denominator = xp.zeros((height, width), dtype=chunk.amplitudes.dtype)
-    for sl in _batches(chunk.n_views, batch_size):
-        obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)  # (n, M_O, H, W)
-        shifter = chunk.shifter(sl, obj.dtype)
-        residual = chunk.exit_waves[sl] - exit_waves(shifter.shift(probe), obj_views)
-        num_views = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
-        numerator += shifter.sum_adjoint(num_views)
-        denominator += xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1))
-    return OverlapPartials(numerator, denominator)
+
+    def work(batches: list[slice]) -> tuple[Array, Array]:
+        numerator = xp.zeros((n_probe_modes, height, width), dtype=obj.dtype)
+        denominator = xp.zeros((height, width), dtype=chunk.amplitudes.dtype)
+        for sl in batches:
+            obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
+            shifter = chunk.shifter(sl, obj.dtype)
+            residual = chunk.exit_waves[sl] - exit_waves(shifter.shift(probe), obj_views)
+            num_views = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
+            numerator += shifter.sum_adjoint(num_views)
+            denominator += xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1))
+        return numerator, denominator
+
+    parts = _in_threads(work, chunk.n_views, batch_size, xp)
+    return OverlapPartials(sum(p[0] for p in parts), sum(p[1] for p in parts))
+
+
+def _in_threads(
+    work: Callable[[list[slice]], T], n_views: int, batch_size: int, xp: Any
+) -> list[T]:
+    """Run ``work`` over the chunk's batches, split between CPU threads.
+
+    On NumPy the batches are dealt round-robin to ``backend.fft_workers()`` threads (NumPy and
+    scipy.fft release the GIL on large arrays, so elementwise work runs in parallel too, not
+    only the FFTs); each thread's FFTs then use one worker. Every thread accumulates its own
+    partial sums; the caller adds them in thread order, so the result does not depend on
+    timing. On CuPy (one device stream) all batches run in order in one call.
+    """
+    batches = list(_batches(n_views, batch_size))
+    threads = min(fft_workers(), len(batches)) if xp is np else 1
+    if threads <= 1:
+        return [work(batches)]
+    groups = [batches[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda group: single_fft_worker(work, group), groups))
