@@ -66,7 +66,7 @@ def open_client(config: ClusterConfig, client: Any | None = None) -> Iterator[An
     cluster = _local_cluster(config)
     try:
         with Client(cluster) as active:
-            if active.dashboard_link:
+            if "dashboard" in active.scheduler_info().get("services", {}):
                 log.info("Dask dashboard: %s", active.dashboard_link)
             yield active
     finally:
@@ -93,6 +93,8 @@ def _connect(config: ClusterConfig) -> Any:
             f"{config.connect_timeout:g} s ({type(err).__name__})",
         ) from None
     log.info("connected to %s (%d workers)", config.address, len(_workers(client)))
+    if "dashboard" in client.scheduler_info().get("services", {}):
+        log.info("Dask dashboard: %s", client.dashboard_link)
     return client
 
 

@@ -93,3 +93,17 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog) -> None:  # 
     lines = [r.getMessage() for r in caplog.records if "iteration" in r.getMessage()]
     assert 20 <= len(lines) <= 22 and all("\r" not in line for line in lines)
     assert np.isfinite(history.fourier_error).all()
+
+
+def test_cli_prints_the_dashboard_link_and_progress(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    sim = simulate(SimulationConfig(n_frames=20, frame_size=32, photons=1e5))
+    write_cxi(tmp_path / "s.cxi", sim.scan)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: {path: s.cxi}\nreconstruction: {iterations: 3}\noutput: {path: r.zarr}\n"
+        "cluster: {n_workers: 1}\n"
+    )
+    assert main(["run", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "Dask dashboard: http" in err
+    assert "iteration 3/3" in err and "fourier error" in err
