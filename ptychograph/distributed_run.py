@@ -26,6 +26,7 @@ since the sync point are redone. At most ``sync_every`` iterations of work are r
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -330,15 +331,23 @@ class DaskRun:
 
     def wait(self, future: Any) -> Any:
         """The future's result, raising :class:`WorkerLost` as soon as a view holder is gone."""
-        while True:
-            try:
-                return future.result(timeout=0.5)
-            except TimeoutError:
-                pass
+        # Poll done() rather than result(timeout=...): on this distributed version a result()
+        # that times out cancels the future, and the next call fails.
+        next_check = time.monotonic() + 0.5
+        while not future.done():
+            time.sleep(0.01)
+            if time.monotonic() < next_check:
+                continue
+            next_check = time.monotonic() + 0.5
             alive = set(self.client.scheduler_info()["workers"])
             gone = [w for w in self.workers if w not in alive]
             if gone:
                 raise WorkerLost(", ".join(gone))
+        if future.status == "cancelled":
+            # the client lost contact with the scheduler for a moment (busy or restarted
+            # machine): its futures are cancelled, but the workers still hold their views
+            raise WorkerLost("none (the client's futures were cancelled)")
+        return future.result()
 
     def recover(self, sync: SyncPoint, gone: str) -> Any:
         """Move lost workers' frames to live workers and restart from ``sync``."""
