@@ -21,7 +21,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -34,6 +33,7 @@ import scipy
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import plain_dm  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 from ptychograph.backend import fft_workers  # noqa: E402
 from ptychograph.partials import (  # noqa: E402
@@ -363,17 +363,6 @@ def render_section(
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (from its header to the next ``## ``)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -423,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render_section(timings, args, wall_s, (load_before, os.getloadavg()[0]))
     print("\n" + section)
     if not args.no_write:
-        write_section(args.results, section)
+        write_section(args.results, SECTION, section)
         print(f"updated {args.results}")
     return 0 if all(t.agrees for t in timings) else 1
 

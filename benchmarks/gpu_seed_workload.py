@@ -29,7 +29,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -39,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import write_section  # noqa: E402
 
 SECTION = "## GPU: seed-paper workload"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -310,17 +312,6 @@ def render_section(results: list[CaseResult], args: argparse.Namespace, bandwidt
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (from its header to the next ``## ``)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def _is_seed(args: argparse.Namespace) -> bool:
     return all(getattr(args, key) == value for key, value in SEED.items())
 
@@ -366,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.write or _is_seed(args)):
         print("RESULTS.md not updated: not the seed workload (pass --write to record it anyway)")
         return 0
-    write_section(args.results, section)
+    write_section(args.results, SECTION, section)
     print(f"wrote the section to {args.results}")
     return 0
 
