@@ -281,6 +281,15 @@ class DaskRun:
         self.client.gather(counts)
         return est
 
+    def _overlap_pass(self, task: Any, step: Any, est: Any, alpha: float, key: str) -> Any:
+        """Partials of every worker (``task``), a reduction tree, one dividing ``step``."""
+        parts = [
+            self._on(w, task, self.name, est, key=f"{key}-part-{i}")
+            for i, w in enumerate(self.workers)
+        ]
+        total = self._reduce(parts, f"{key}-sum")
+        return self.client.submit(step, total, est, alpha, key=f"{key}-step-{self.name}")
+
     def submit_iteration(self, k: int, est: Any, settings: Settings) -> tuple[Any, Any]:
         """All tasks of iteration ``k``; returns the futures of the new estimates and metrics."""
         tag, alpha = f"it{k}-{uuid.uuid4().hex[:6]}", settings.regularisation
@@ -300,28 +309,12 @@ class DaskRun:
         new = self.client.submit(object_step, update, est, alpha, key=f"object-{tag}-{self.name}")
         for p in range(settings.overlap_passes):
             if p > 0:
-                parts = [
-                    self._on(w, object_partials_task, self.name, new, key=f"opart-{tag}-{p}-{i}")
-                    for i, w in enumerate(self.workers)
-                ]
-                new = self.client.submit(
-                    object_step,
-                    self._reduce(parts, f"osum-{tag}-{p}"),
-                    new,
-                    alpha,
-                    key=f"object-{tag}-{p}-{self.name}",
+                new = self._overlap_pass(
+                    object_partials_task, object_step, new, alpha, f"o-{tag}-{p}"
                 )
             if k >= settings.probe_update_start:
-                parts = [
-                    self._on(w, probe_partials_task, self.name, new, key=f"ppart-{tag}-{p}-{i}")
-                    for i, w in enumerate(self.workers)
-                ]
-                new = self.client.submit(
-                    probe_step,
-                    self._reduce(parts, f"psum-{tag}-{p}"),
-                    new,
-                    alpha,
-                    key=f"probe-{tag}-{p}-{self.name}",
+                new = self._overlap_pass(
+                    probe_partials_task, probe_step, new, alpha, f"p-{tag}-{p}"
                 )
         new = self.client.submit(
             finish_step, new, settings.orthogonalise_probe, key=f"finish-{tag}-{self.name}"
