@@ -338,3 +338,16 @@ def test_plain_directory_is_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not a file") as info:
         load_scan(folder)
     assert info.value.field == "data.path"
+
+
+def test_missing_chunk_file_is_refused_not_read_as_zeros(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ptychograph.io.zarr_store import check_store_frames, write_frames_store
+    from ptychograph.simulate import SimulationConfig, simulate
+
+    scan = simulate(SimulationConfig(n_frames=12, frame_size=16, photons=1e4)).scan
+    store = tmp_path / "f.zarr"
+    write_frames_store(scan, store, chunk_frames=4)
+    assert check_store_frames(store).nonfinite_frames == []
+    chunk = next(p for p in (store / "frames" / "c").rglob("*") if p.is_file())
+    chunk.unlink()
+    assert len(check_store_frames(store).nonfinite_frames) == 4

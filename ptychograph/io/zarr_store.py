@@ -170,6 +170,9 @@ def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
         dtype="float32",
         compressors=_compressor(),
         dimension_names=("frame", "py", "px"),
+        # a chunk file that goes missing then reads as NaN, which every run refuses, instead
+        # of as zeros that would pass for real (empty) frames
+        fill_value=np.nan,
     )
     for start, stop in chunk_ranges(n_frames, frames.chunks[0]):
         frames[start:stop] = np.asarray(scan.frames[start:stop], dtype=np.float32)
