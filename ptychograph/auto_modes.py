@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychograph.backend import to_host
 from ptychograph.config import Config
 from ptychograph.distributed_run import SyncPoint
 from ptychograph.modes import orthogonalise, power_shares
@@ -34,7 +35,7 @@ class ModeChooser:
         self.chosen: int | None = None
 
     def __call__(self, sync: SyncPoint) -> Estimates | None:
-        probe = _host(sync.estimates.probe)
+        probe = to_host(sync.estimates.probe)
         modes, _ = orthogonalise(probe)
         shares = power_shares(modes)
         keep = max(1, int(np.sum(shares >= self.threshold)))
@@ -67,7 +68,3 @@ def mode_hooks(config: Config) -> list[Any]:
         return []
     at = decision_iteration(config)
     return [SyncHook(at, ModeChooser(config.reconstruction.mode_threshold), until=at + 1)]
-
-
-def _host(array: Any) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)

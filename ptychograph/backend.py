@@ -48,6 +48,11 @@ def single_fft_worker(func: Callable[[Any], T], arg: Any) -> T:
         _THREAD.workers = None
 
 
+def to_host(array: Array) -> np.ndarray:
+    """A NumPy copy of a CuPy array; NumPy arrays (and array-likes) pass through."""
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
 def fft_workers() -> int:
     """Threads for scipy.fft: ``PTYCHOGRAPH_FFT_WORKERS`` or the usable cores (1 inside a
     batch thread)."""

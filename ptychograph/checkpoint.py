@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ptychograph import __version__
+from ptychograph.backend import to_host
 from ptychograph.config import Config
 from ptychograph.distributed_run import SyncPoint
 from ptychograph.errors import InputError
@@ -29,23 +30,19 @@ from ptychograph.worker_tasks import Estimates
 RESUMABLE_CHANGES = {"iterations"}
 
 
-def _host(array: Any) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)
-
-
 def save_checkpoint(path: Path, sync: SyncPoint, config: Config) -> None:
     """Write ``sync`` atomically to ``path``."""
     data: dict[str, Any] = {
-        "probe": (("probe_mode", "py", "px"), _host(sync.estimates.probe)),
-        "object": (("obj_mode", "y", "x"), _host(sync.estimates.obj)),
+        "probe": (("probe_mode", "py", "px"), to_host(sync.estimates.probe)),
+        "object": (("obj_mode", "y", "x"), to_host(sync.estimates.obj)),
         "fourier_error": (("iteration",), np.asarray(sync.history.fourier_error)),
         "probe_change": (("iteration",), np.asarray(sync.history.probe_change)),
         "object_change": (("iteration",), np.asarray(sync.history.object_change)),
         "iteration_seconds": (("iteration",), np.asarray(sync.history.seconds)),
     }
     if sync.average is not None:
-        data["average_probe"] = (("probe_mode", "py", "px"), _host(sync.average.probe))
-        data["average_object"] = (("obj_mode", "y", "x"), _host(sync.average.obj))
+        data["average_probe"] = (("probe_mode", "py", "px"), to_host(sync.average.probe))
+        data["average_object"] = (("obj_mode", "y", "x"), to_host(sync.average.obj))
     ds = xr.Dataset(data)
     rng = np.random.default_rng(config.reconstruction.seed)
     ds.attrs.update(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ptychograph.backend import Array, get_array_module
+from ptychograph.backend import Array, get_array_module, to_host
 
 
 def orthogonalise(probe: Array) -> tuple[Array, Array]:
@@ -26,7 +26,7 @@ def orthogonalise(probe: Array) -> tuple[Array, Array]:
     if n_modes == 1:
         return probe, xp.eye(1, dtype=probe.dtype)
     stacked = probe.reshape(n_modes, -1)
-    gram = np.asarray(_to_host(stacked @ xp.conj(stacked).T), dtype=np.complex128)
+    gram = np.asarray(to_host(stacked @ xp.conj(stacked).T), dtype=np.complex128)
     eigval, eigvec = np.linalg.eigh(gram)
     order = np.argsort(eigval)[::-1]
     eigvec = eigvec[:, order]
@@ -45,10 +45,6 @@ def power_shares(probe: Array) -> np.ndarray:
     """Share of total probe power per mode after orthogonalisation: (M_P,) float, sums to 1."""
     xp = get_array_module(probe)
     rotated, _ = orthogonalise(probe)
-    power = _to_host(xp.sum(xp.abs(rotated) ** 2, axis=(1, 2))).astype(np.float64)
+    power = to_host(xp.sum(xp.abs(rotated) ** 2, axis=(1, 2))).astype(np.float64)
     total = power.sum()
     return power / total if total > 0 else np.full(power.shape, 1.0 / power.size)
-
-
-def _to_host(array: Array) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)

@@ -29,10 +29,6 @@ class OverlapPartials:
             self.numerator + other.numerator, self.denominator + other.denominator
         )
 
-    def to_numpy(self) -> OverlapPartials:
-        """Host copies (a no-op for NumPy arrays)."""
-        return OverlapPartials(_host(self.numerator), _host(self.denominator))
-
 
 @dataclass(frozen=True)
 class FourierError:
@@ -81,9 +77,3 @@ def regularised_step(partials: OverlapPartials, previous: Array, alpha: float) -
     eps = max(alpha * float(xp.max(partials.denominator)), 1e-30)
     step = partials.numerator / (partials.denominator + eps)[None]
     return (previous + step).astype(previous.dtype)
-
-
-def _host(array: Array) -> Array:
-    if hasattr(array, "get"):
-        return array.get()
-    return array

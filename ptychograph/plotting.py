@@ -128,10 +128,11 @@ def preview_figure(probe: np.ndarray, obj: np.ndarray, iteration: int, path: Pat
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from ptychograph.backend import to_host
     from ptychograph.modes import orthogonalise, power_shares
 
-    probe = probe.get() if hasattr(probe, "get") else np.asarray(probe)
-    first = obj[0].get() if hasattr(obj, "get") else np.asarray(obj[0])
+    probe = to_host(probe)
+    first = to_host(obj[0])
     modes, _ = orthogonalise(probe)
     shares = power_shares(modes)
     fig = Figure(figsize=(4 * (1 + len(modes)), 4), layout="constrained")

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from ptychograph import __version__
+from ptychograph.backend import to_host
 from ptychograph.errors import InputError
 from ptychograph.modes import orthogonalise, power_shares
 
@@ -49,9 +50,9 @@ def result_dataset(result: Result) -> xr.Dataset:
     state, history, problem = result.state, result.history, result.problem
     geometry = problem.summary.geometry
     dy, dx = geometry.object_pixel
-    probe = _host(state.probe)
+    probe = to_host(state.probe)
     probe, _ = orthogonalise(probe)
-    obj = _host(state.obj)
+    obj = to_host(state.obj)
     iterations = np.arange(1, len(history) + 1)
     data = {
         "object": (("obj_mode", "y", "x"), obj),
@@ -130,7 +131,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-def _host(array: np.ndarray) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from functools import reduce
 from typing import Protocol
 
-import numpy as np
-
-from ptychograph.backend import Array
+from ptychograph.backend import Array, to_host
 from ptychograph.modes import orthogonalise
 from ptychograph.partials import (
     FourierError,
@@ -40,7 +38,6 @@ from ptychograph.views import (
     object_partials,
     probe_partials,
     update_views,
-    view_update,
 )
 
 
@@ -61,10 +58,6 @@ class Settings:
 class Executor(Protocol):
     """Where the views live: maps a per-chunk function over every chunk and reduces."""
 
-    def view_update(
-        self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
-    ) -> FourierError: ...
-
     def update_views(
         self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
     ) -> tuple[FourierError, OverlapPartials]: ...
@@ -80,15 +73,6 @@ class LocalExecutor:
     def __init__(self, chunks: Sequence[ViewChunk], batch_size: int = 64) -> None:
         self.chunks = list(chunks)
         self.batch_size = batch_size
-
-    def view_update(
-        self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
-    ) -> FourierError:
-        parts = [
-            view_update(c, probe, obj, beta, self.batch_size, rotation, noise_bound)
-            for c in self.chunks
-        ]
-        return tree_sum(parts)
 
     def update_views(
         self, probe: Array, obj: Array, beta: float, rotation: Array | None, noise_bound: float
@@ -161,8 +145,8 @@ def run_dm(
             probe, rotation = orthogonalise(probe)
         history.append(
             error.value,
-            relative_change(_host(probe), _host(old_probe)),
-            relative_change(_host(obj), _host(old_obj)),
+            relative_change(to_host(probe), to_host(old_probe)),
+            relative_change(to_host(obj), to_host(old_obj)),
             time.perf_counter() - start,
         )
         if iteration >= average_from:
@@ -174,7 +158,3 @@ def run_dm(
         count = settings.iterations - max(average_from, 0)
         state = State(sums[0] / count, sums[1] / count, state.iteration)
     return state, history
-
-
-def _host(array: Array) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ptychograph.backend import Array, complex_dtype, real_dtype
+from ptychograph.backend import Array, complex_dtype, real_dtype, to_host
 from ptychograph.modes import orthogonalise
 from ptychograph.partials import (
     FourierError,
@@ -253,8 +253,8 @@ def stats_task(parts: UpdateParts, old: Estimates, new: Estimates) -> tuple[floa
     """(Fourier error, eps_P, eps_O) of one iteration (DESIGN.md step 5, eq. 7)."""
     return (
         parts.error.value,
-        relative_change(_host(new.probe), _host(old.probe)),
-        relative_change(_host(new.obj), _host(old.obj)),
+        relative_change(to_host(new.probe), to_host(old.probe)),
+        relative_change(to_host(new.obj), to_host(old.obj)),
     )
 
 
@@ -263,7 +263,3 @@ def accumulate(total: Estimates | None, estimates: Estimates) -> Estimates:
     if total is None:
         return Estimates(estimates.probe.copy(), estimates.obj.copy())
     return Estimates(total.probe + estimates.probe, total.obj + estimates.obj)
-
-
-def _host(array: Array) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.asarray(array)
