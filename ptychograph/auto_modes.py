@@ -1,10 +1,10 @@
 """Choosing the number of probe modes automatically (``reconstruction.probe_modes: auto``).
 
-The seed paper's rule (Dong et al., arXiv:1808.10375; DESIGN.md step 6): keep adding probe
-modes while the newest one carries at least a threshold share of the probe power (default 1 %).
-With orthogonal modes sorted by power that rule keeps exactly the modes whose share is at least
-the threshold, so it is applied in one run, without trial runs: the run starts with
-``max_probe_modes`` modes (extra ones as blurred, perturbed copies of the first); at
+The seed paper's rule (Dong et al., arXiv:1808.10375; docs/design.md, "Automatic mode count"):
+keep adding probe modes while the newest one carries at least a threshold share of the probe
+power (default 1 %). With orthogonal modes sorted by power that rule keeps exactly the modes
+whose share is at least the threshold, so it is applied in one run, without trial runs: the run
+starts with ``max_probe_modes`` modes (extra ones as blurred, perturbed copies of the first); at
 ``mode_decision`` of the iterations (default 40 %, before the averaging window) the modes are
 orthogonalised and those below the threshold are dropped. Every exit wave is then rebuilt from
 the kept modes (psi = P O), which keeps DM consistent. Adding modes one at a time instead was
@@ -14,15 +14,14 @@ tried and rejected: a new mode needs far more iterations to grow than a schedule
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 
 from ptychograph.backend import to_host
 from ptychograph.config import Config
-from ptychograph.distributed_run import SyncPoint
+from ptychograph.driver import SyncHook
 from ptychograph.modes import orthogonalise, power_shares
-from ptychograph.worker_tasks import Estimates
+from ptychograph.state import State, SyncPoint
 
 log = logging.getLogger("ptychograph")
 
@@ -34,8 +33,8 @@ class ModeChooser:
         self.threshold = threshold
         self.chosen: int | None = None
 
-    def __call__(self, sync: SyncPoint) -> Estimates | None:
-        probe = to_host(sync.estimates.probe)
+    def __call__(self, sync: SyncPoint) -> State | None:
+        probe = to_host(sync.state.probe)
         modes, _ = orthogonalise(probe)
         shares = power_shares(modes)
         keep = max(1, int(np.sum(shares >= self.threshold)))
@@ -51,7 +50,7 @@ class ModeChooser:
         )
         if keep == probe.shape[0]:
             return None
-        return Estimates(modes[:keep].astype(probe.dtype), sync.estimates.obj)
+        return sync.state.replace(probe=modes[:keep].astype(probe.dtype), rotation=None)
 
 
 def decision_iteration(config: Config) -> int:
@@ -60,10 +59,8 @@ def decision_iteration(config: Config) -> int:
     return max(1, int(round(rec.mode_decision * rec.iterations)))
 
 
-def mode_hooks(config: Config) -> list[Any]:
+def mode_hooks(config: Config) -> list[SyncHook]:
     """The sync hook that chooses the mode count, if ``probe_modes`` is auto."""
-    from ptychograph.run_loop import SyncHook
-
     if config.reconstruction.probe_modes != "auto":
         return []
     at = decision_iteration(config)

@@ -17,14 +17,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ptychograph import __version__
+from ptychograph.version import __version__
 from ptychograph.backend import to_host
 from ptychograph.config import Config
-from ptychograph.distributed_run import SyncPoint
 from ptychograph.errors import InputError
 from ptychograph.results import write_dataset_atomic
-from ptychograph.state import History
-from ptychograph.worker_tasks import Estimates
+from ptychograph.state import History, State, SyncPoint, window_start
 
 #: Keys of the reconstruction section that may change on resume.
 RESUMABLE_CHANGES = {"iterations"}
@@ -33,8 +31,8 @@ RESUMABLE_CHANGES = {"iterations"}
 def save_checkpoint(path: Path, sync: SyncPoint, config: Config) -> None:
     """Write ``sync`` atomically to ``path``."""
     data: dict[str, Any] = {
-        "probe": (("probe_mode", "py", "px"), to_host(sync.estimates.probe)),
-        "object": (("obj_mode", "y", "x"), to_host(sync.estimates.obj)),
+        "probe": (("probe_mode", "py", "px"), to_host(sync.state.probe)),
+        "object": (("obj_mode", "y", "x"), to_host(sync.state.obj)),
         "fourier_error": (("iteration",), np.asarray(sync.history.fourier_error)),
         "probe_change": (("iteration",), np.asarray(sync.history.probe_change)),
         "object_change": (("iteration",), np.asarray(sync.history.object_change)),
@@ -43,6 +41,8 @@ def save_checkpoint(path: Path, sync: SyncPoint, config: Config) -> None:
     if sync.average is not None:
         data["average_probe"] = (("probe_mode", "py", "px"), to_host(sync.average.probe))
         data["average_object"] = (("obj_mode", "y", "x"), to_host(sync.average.obj))
+    if sync.state.origins is not None:
+        data["view_origin"] = (("frame", "axis"), np.asarray(sync.state.origins))
     ds = xr.Dataset(data)
     rng = np.random.default_rng(config.reconstruction.seed)
     ds.attrs.update(
@@ -74,14 +74,14 @@ def load_checkpoint(path: Path, config: Config) -> SyncPoint:
         [float(v) for v in ds["object_change"].values],
         [float(v) for v in ds["iteration_seconds"].values],
     )
-    estimates = Estimates(ds["probe"].values, ds["object"].values)
+    rec = config.reconstruction
+    origins = ds["view_origin"].values if "view_origin" in ds else None
     average, count = None, int(ds.attrs.get("average_count", 0))
     iteration = int(ds.attrs["iteration"])
     saved_iterations = int(ds.attrs["config"]["reconstruction"]["iterations"])
-    if "average_probe" in ds and _window_start(saved_iterations, config) == _window_start(
-        config.reconstruction.iterations, config
-    ):
-        average = Estimates(ds["average_probe"].values, ds["average_object"].values)
+    saved_window = window_start(saved_iterations, rec.average_last)
+    if "average_probe" in ds and saved_window == window_start(rec.iterations, rec.average_last):
+        average = State(ds["average_probe"].values, ds["average_object"].values, iteration)
     else:
         count = 0  # a changed run length moves the averaging window: start it afresh
     if iteration > config.reconstruction.iterations:
@@ -89,11 +89,8 @@ def load_checkpoint(path: Path, config: Config) -> SyncPoint:
             "reconstruction.iterations",
             f"the checkpoint is at iteration {iteration}; ask for at least that many",
         )
-    return SyncPoint(iteration, estimates, average, history, count)
-
-
-def _window_start(iterations: int, config: Config) -> int:
-    return iterations - int(round(config.reconstruction.average_last * iterations))
+    state = State(ds["probe"].values, ds["object"].values, iteration, origins)
+    return SyncPoint(state, average, count, history)
 
 
 def _check_compatible(saved: dict[str, Any], config: Config, path: Path) -> None:

@@ -1,7 +1,9 @@
 """Command line: ``ptychograph run | convert | info | simulate | plot | demo``.
 
 Bad input of any kind ends with one line ``error: FIELD: PROBLEM`` on stderr and exit code 2,
-without a traceback and without touching existing outputs.
+without a traceback and without touching existing outputs; a run that diverges (NaN or Inf)
+ends with ``error: reconstruction diverged at iteration K (...)`` and exit code 3, nothing
+written and the last checkpoint kept.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TextIO
 import numpy as np
 
 from ptychograph.config import DataConfig
-from ptychograph.errors import InputError
+from ptychograph.errors import DIVERGED_EXIT, Diverged, InputError
 from ptychograph.state import History
 
 log = logging.getLogger("ptychograph")
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Diverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return DIVERGED_EXIT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -216,7 +221,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ptychograph.io.zarr_store import convert_to_store, read_store_info
+    from ptychograph.io import convert_to_store, read_store_info
 
     notes = convert_to_store(
         args.source,

@@ -20,16 +20,14 @@ import numpy as np
 
 from ptychograph.config import DataConfig, GeometryConfig, ReconstructionConfig
 from ptychograph.errors import InputError
-from ptychograph.geometry import object_shape, view_origins
 from ptychograph.io import apply_geometry, detect_format, load_scan
 from ptychograph.io.cxi import DATA_PATHS
 from ptychograph.io.npz import FRAME_KEYS
 from ptychograph.io.zarr_store import chunk_ranges, read_frames, read_store_info
 from ptychograph.memory import estimate
+from ptychograph.problem import layout
 from ptychograph.scan import Geometry
 
-#: Object margin in pixels assumed for the object size (the reconstruction default).
-MARGIN = 8
 FORMAT_NAMES = {
     "cxi": "CXI (HDF5)",
     "hxn": "NSLS-II HXN (HDF5)",
@@ -189,22 +187,20 @@ def _object_and_memory(
     object_modes: int,
     precision: str,
 ) -> list[str]:
-    """The object size (margin 8) and the memory estimate per worker."""
-    flips: dict[str, bool] = {}
-    if data is not None:
-        flips = {"swap_xy": data.swap_xy, "flip_x": data.flip_x, "flip_y": data.flip_y}
-    origins = view_origins(contents.positions, contents.geometry.object_pixel, MARGIN, **flips)
+    """The object size (default margin) and the memory estimate per worker."""
+    rec = ReconstructionConfig()
     try:
-        shape = object_shape(origins, contents.frame_shape, MARGIN)
+        shape = layout(contents.positions, contents.geometry, rec, data).obj_shape
     except InputError as exc:
         return [f"object: {exc.problem}", "memory per worker: unknown (object too large)"]
     views = math.ceil(contents.n_frames / n_workers)
-    batch = ReconstructionConfig().batch_size
-    need = estimate(views, contents.frame_shape, shape, probe_modes, object_modes, precision, batch)
+    need = estimate(
+        views, contents.frame_shape, shape, probe_modes, object_modes, precision, rec.batch_size
+    )
     workers = f"{n_workers} worker{'s' if n_workers != 1 else ''}"
     modes = f"{probe_modes} probe x {object_modes} object mode(s)"
     return [
-        f"object: {shape[0]} x {shape[1]} pixels (margin {MARGIN})",
+        f"object: {shape[0]} x {shape[1]} pixels (margin {rec.object_margin})",
         f"memory per worker ({workers}, {views} views per worker, {modes}, {precision}): "
         f"{need.describe()} [{need.total / 2**20:.1f} MiB]",
     ]

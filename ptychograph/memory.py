@@ -105,11 +105,4 @@ def worker_limits(client: object, workers: list[str]) -> dict[str, float]:
     return {w: float(info.get(w, {}).get("memory_limit") or 0) for w in workers}
 
 
-def host_memory() -> float:
-    """Total memory of this machine in bytes (for the in-process path)."""
-    import psutil
-
-    return float(psutil.virtual_memory().total)
-
-
-__all__ = ["MemoryEstimate", "estimate", "fit_batch", "host_memory", "worker_limits"]
+__all__ = ["MemoryEstimate", "estimate", "fit_batch", "worker_limits"]

@@ -8,7 +8,10 @@ workers needs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
+from typing import Any
 
 from ptychograph.backend import Array, get_array_module
 
@@ -77,3 +80,15 @@ def regularised_step(partials: OverlapPartials, previous: Array, alpha: float) -
     eps = max(alpha * float(xp.max(partials.denominator)), 1e-30)
     step = partials.numerator / (partials.denominator + eps)[None]
     return (previous + step).astype(previous.dtype)
+
+
+def tree_sum(parts: Sequence[Any]) -> Any:
+    """Sum partials pairwise (depth log2 of their number); any order gives the same sum up to
+    rounding. ``parts`` : values with an associative ``+`` (at least one)."""
+    items = list(parts)
+    if not items:
+        raise ValueError("nothing to reduce")
+    while len(items) > 1:
+        pairs = [items[i] + items[i + 1] for i in range(0, len(items) - 1, 2)]
+        items = pairs + ([items[-1]] if len(items) % 2 else [])
+    return reduce(lambda a, b: a + b, items)

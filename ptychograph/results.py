@@ -21,18 +21,15 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
-from ptychograph import __version__
+from ptychograph.version import __version__
 from ptychograph.backend import to_host
 from ptychograph.errors import InputError
 from ptychograph.modes import orthogonalise, power_shares
-
-if TYPE_CHECKING:
-    from ptychograph.engine import Result
+from ptychograph.problem import Result
 
 
 def check_output_free(path: Path, overwrite: bool, figure: bool = True) -> None:
@@ -54,10 +51,11 @@ def result_dataset(result: Result) -> xr.Dataset:
     probe, _ = orthogonalise(probe)
     obj = to_host(state.obj)
     iterations = np.arange(1, len(history) + 1)
+    origins = problem.origins if state.origins is None else state.origins
     data = {
         "object": (("obj_mode", "y", "x"), obj),
         "probe": (("probe_mode", "py", "px"), probe),
-        "view_origin": (("frame", "axis"), problem.origins),
+        "view_origin": (("frame", "axis"), origins),
         "position": (("frame", "axis"), problem.summary.positions),
         "fourier_error": (("iteration",), np.asarray(history.fourier_error)),
         "probe_change": (("iteration",), np.asarray(history.probe_change)),

@@ -15,7 +15,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from ptychograph.config import parse_config
-from ptychograph.distributed_run import assign_ranges
+from ptychograph.executors.placement import assign_ranges
 from ptychograph.engine import reconstruct, reconstruct_in_process
 from ptychograph.errors import InputError
 from ptychograph.io.cxi import write_cxi
@@ -80,6 +80,21 @@ def test_distributed_equals_reference(
         result.history.fourier_error, reference.history.fourier_error, rtol=tol
     )
     assert not (tmp_path / ".r.work").exists()  # the converted frames are cleaned up
+
+
+def test_auto_modes_same_in_process_and_on_the_cluster(cluster_client, scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """probe_modes: auto prunes the modes in both paths (one driver), with the same result."""
+    config = _config(
+        scan_path,
+        tmp_path / "r.zarr",
+        reconstruction={"probe_modes": "auto", "iterations": 8, "mode_threshold": 0.2},
+    )
+    reference = reconstruct_in_process(config, n_chunks=2)
+    result = reconstruct(config, client=cluster_client, write=False)
+    assert reference.state.probe.shape[0] < config.reconstruction.max_probe_modes
+    assert result.state.probe.shape == reference.state.probe.shape
+    assert _rel(result.state.obj, reference.state.obj) < TOLERANCE["double"]
+    assert _rel(result.state.probe, reference.state.probe) < TOLERANCE["double"]
 
 
 def test_assign_ranges_even_and_chunk_aligned() -> None:

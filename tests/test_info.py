@@ -15,7 +15,7 @@ from ptychograph.errors import InputError
 from ptychograph.geometry import object_shape, view_origins
 from ptychograph.info import describe
 from ptychograph.io import write_cxi
-from ptychograph.io.zarr_store import convert_to_store
+from ptychograph.io import convert_to_store
 from ptychograph.memory import estimate
 from ptychograph.scan import Scan
 from ptychograph.simulate import SimulationConfig, simulate

@@ -29,7 +29,7 @@ from ptychograph.io import (
     validate_frames,
     write_cxi,
 )
-from ptychograph.io.zarr_store import convert_to_store
+from ptychograph.io import convert_to_store
 from ptychograph.scan import HC_EV_M, Geometry, Scan
 from ptychograph.simulate import SimulationConfig, simulate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ptychograph.config import parse_config
-from ptychograph.distributed_run import plan_memory
+from ptychograph.executors.placement import plan_memory
 from ptychograph.errors import InputError
 from ptychograph.memory import SCRATCH_COPIES, estimate, fit_batch
 

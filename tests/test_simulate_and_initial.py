@@ -9,12 +9,13 @@ import pytest
 
 from ptychograph.cli import main
 from ptychograph.config import parse_config
-from ptychograph.engine import initial_probe, prepare, reconstruct
+from ptychograph.engine import reconstruct
 from ptychograph.errors import InputError
 from ptychograph.geometry import object_shape, view_origins
 from ptychograph.initial import add_modes, probe_from_data
 from ptychograph.io import load_scan
 from ptychograph.modes import power_shares
+from ptychograph.problem import initial_probe, prepare
 from ptychograph.simulate import SimulationConfig, simulate
 
 

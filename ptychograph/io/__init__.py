@@ -27,7 +27,7 @@ from ptychograph.io.hxn import read_hxn
 from ptychograph.io.npz import read_numpy
 from ptychograph.io.validate import validate_frames
 from ptychograph.io.zarr_store import (
-    convert_to_store,
+    check_target,
     is_frames_store,
     read_store_info,
     read_store_scan,
@@ -144,3 +144,25 @@ def _hdf5_flavour(file: Path) -> Format:
     except OSError:
         return "cxi"  # read_cxi reports it unreadable
     return "hxn" if is_hxn else "cxi"
+
+
+def convert_to_store(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    chunk_frames: int | None = None,
+    overwrite: bool = False,
+    nonfinite: Literal["error", "drop"] = "error",
+    negative: Literal["error", "clip"] = "error",
+    data: DataConfig | None = None,
+) -> list[str]:
+    """Read ``source`` (CXI, HXN, NumPy ``.npz`` or a frames store: :func:`load_scan`), check
+    its frames (:func:`validate_frames`), write a frames store.
+
+    ``data`` gives the format, geometry and position unit to read ``source`` with (required
+    for NumPy inputs, which carry no geometry). Returns the validation notes (dropped or
+    clipped frames). Nothing is written when the source or its frames are refused.
+    """
+    check_target(Path(target), overwrite)
+    scan, notes = validate_frames(load_scan(source, data), nonfinite=nonfinite, negative=negative)
+    write_frames_store(scan, target, chunk_frames=chunk_frames, overwrite=overwrite)
+    return notes

@@ -21,7 +21,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -29,11 +29,12 @@ import zarr.codecs
 import zarr.errors
 
 from ptychograph.errors import InputError
-from ptychograph.io.validate import validate_frames
+from ptychograph.io.cxi import _check_unique
 from ptychograph.scan import Geometry, Scan
+from ptychograph.version import __version__
 
 if TYPE_CHECKING:
-    from ptychograph.config import DataConfig
+    pass
 
 FORMAT = "ptychograph-frames"
 FORMAT_VERSION = 1
@@ -94,30 +95,6 @@ def is_frames_store(path: str | os.PathLike[str]) -> bool:
     return folder.is_dir() and any((folder / marker).is_file() for marker in ZARR_MARKERS)
 
 
-def convert_to_store(
-    source: str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    chunk_frames: int | None = None,
-    overwrite: bool = False,
-    nonfinite: Literal["error", "drop"] = "error",
-    negative: Literal["error", "clip"] = "error",
-    data: DataConfig | None = None,
-) -> list[str]:
-    """Read ``source`` (CXI, HXN, NumPy ``.npz`` or a frames store: :func:`load_scan`), check
-    its frames (:func:`validate_frames`), write a frames store.
-
-    ``data`` gives the format, geometry and position unit to read ``source`` with (required
-    for NumPy inputs, which carry no geometry). Returns the validation notes (dropped or
-    clipped frames). Nothing is written when the source or its frames are refused.
-    """
-    from ptychograph.io import load_scan  # the package imports this module
-
-    _check_target(Path(target), overwrite)
-    scan, notes = validate_frames(load_scan(source, data), nonfinite=nonfinite, negative=negative)
-    write_frames_store(scan, target, chunk_frames=chunk_frames, overwrite=overwrite)
-    return notes
-
-
 def write_frames_store(
     scan: Scan,
     path: str | os.PathLike[str],
@@ -131,7 +108,7 @@ def write_frames_store(
     ``path`` that replaces ``path`` only once complete. On failure ``path`` is untouched.
     """
     target = Path(path)
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
     if chunk_frames is None:
         chunk_frames = default_chunk_frames(scan.geometry.frame_shape)
     whole = isinstance(chunk_frames, int | np.integer) and not isinstance(chunk_frames, bool)
@@ -146,7 +123,7 @@ def write_frames_store(
             _remove(tmp)
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool) -> None:
     """Refuse an existing target without ``overwrite``, a missing parent, or a directory
     that is not a Zarr store (``--overwrite`` must not delete an unrelated folder)."""
     if not target.parent.is_dir():
@@ -189,8 +166,6 @@ def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
 
 def _root_attrs(geometry: Geometry) -> dict[str, Any]:
     """Format marker, version and geometry (JSON floats round-trip exactly)."""
-    from ptychograph import __version__
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -338,8 +313,6 @@ def _read_positions(group: zarr.Group, store: Path, n_frames: int) -> np.ndarray
     positions = np.asarray(array[...], dtype=np.float64)
     if not np.isfinite(positions).all():
         raise _store_error(store, "'positions' contains NaN or Inf")
-    from ptychograph.io.cxi import _check_unique
-
     try:
         _check_unique(positions, "positions")
     except InputError as err:

@@ -1,0 +1,71 @@
+"""What an algorithm sees of where the views live, and what a driver sees of an algorithm.
+
+An algorithm writes one iteration once (docs/design.md, "Seams") against :class:`Executor`:
+
+* ``map_reduce(task, *args)`` runs ``task(views, *args)`` on every slot of resident views
+  (:class:`~ptychograph.resident.ResidentViews`) and sums the results in a tree; the results
+  must be small values with an associative ``+`` (e.g.
+  :class:`~ptychograph.partials.OverlapPartials`);
+* ``apply(fn, *args)`` runs a small function on reduced values and estimates.
+
+Arguments and results are *handles*: plain values for the in-process executor, futures for the
+Dask executor, so the same algorithm code runs eagerly or as a task graph. An algorithm never
+waits for a handle; the driver fetches what it needs (metrics, sync points).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+#: A value or a future of one, depending on the executor.
+Handle = Any
+
+
+class Executor(Protocol):
+    """Where the views live; see the module docstring."""
+
+    def map_reduce(self, task: Callable[..., Any], *args: Handle, key: str) -> Handle: ...
+
+    def apply(self, fn: Callable[..., Any], *args: Handle, key: str) -> Handle: ...
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """Metrics of one iteration: Fourier error (docs/design.md, "Errors and changes"), relative
+    probe and object changes (eq. 7), or NaN where an algorithm has none."""
+
+    error: float
+    probe_change: float
+    object_change: float
+
+
+class Algorithm(Protocol):
+    """One iterative algorithm (DM, later ML refinement) as a driver runs it."""
+
+    #: Short name for logs and the result's attributes.
+    name: str
+
+    def iterate(self, executor: Executor, state: Handle, iteration: int) -> tuple[Handle, Handle]:
+        """Submit iteration ``iteration`` (0-based, counted over the whole run) from ``state``
+        (a handle of :class:`~ptychograph.state.State`); returns handles of the new state and
+        of its :class:`IterationStats`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Iterations [start, stop) of a run are done by ``algorithm``."""
+
+    algorithm: Algorithm
+    start: int
+    stop: int
+
+
+def stage_of(plan: list[Stage], iteration: int) -> Stage:
+    """The stage that runs ``iteration``."""
+    for stage in plan:
+        if stage.start <= iteration < stage.stop:
+            return stage
+    raise ValueError(f"no stage runs iteration {iteration}")

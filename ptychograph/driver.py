@@ -1,0 +1,158 @@
+"""The one iteration loop of every run, in-process or on a cluster (docs/design.md, "Driver").
+
+:class:`Driver` runs a plan of algorithm stages through a
+:class:`~ptychograph.executors.RunExecutor`. It stays ``lookahead`` iterations ahead of the one
+it reports, keeps the running sum of the averaging window, and stops at *sync points*: every
+``sync_every`` iterations, at the end, and whenever a :class:`SyncHook` is due (checkpoints,
+previews, the automatic probe-mode count). At a sync point the client holds the state; it is
+checked for NaN/Inf, the hooks run (one may return a new state, after which every exit wave is
+rebuilt as psi = P O), and the state is published again as fresh data, which cuts the futures'
+lineage on a cluster so that the scheduler's state stays flat.
+
+A lost worker restarts the run from the latest sync point (at most ``max_recoveries`` times); a
+non-finite error or estimate stops it with :class:`Diverged` before any hook sees it, so the last
+checkpoint stays the last good state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ptychograph.algorithms.base import IterationStats, Stage, stage_of
+from ptychograph.errors import Diverged
+from ptychograph.executors import RunExecutor, WorkerLost
+from ptychograph.state import History, State, SyncPoint, accumulate, window_start
+
+log = logging.getLogger("ptychograph")
+
+#: Called after each reported iteration with the number of completed iterations and the history.
+Callback = Callable[[int, History], None]
+
+
+@dataclass(frozen=True)
+class SyncHook:
+    """Something to do at sync points: every ``every`` iterations (and at the end if
+    ``at_end``), while fewer than ``until`` iterations are done. ``action`` may return a new
+    state to continue from (the exit waves are then rebuilt), or None."""
+
+    every: int
+    action: Callable[[SyncPoint], State | None]
+    at_end: bool = False
+    until: int | None = None
+
+    def due(self, done: int, last_one: bool) -> bool:
+        if self.until is not None and done >= self.until:
+            return False
+        return done % self.every == 0 or (self.at_end and last_one)
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """How the loop runs: total ``iterations``, sync and lookahead, averaging window."""
+
+    iterations: int
+    sync_every: int = 10
+    lookahead: int = 2
+    average_last: float = 0.0
+    max_recoveries: int = 5
+
+
+class Driver:
+    """Runs ``plan`` on ``executor``; see the module docstring."""
+
+    def __init__(
+        self,
+        executor: RunExecutor,
+        plan: Sequence[Stage],
+        settings: DriverSettings,
+        callback: Callback | None = None,
+        hooks: Sequence[SyncHook] = (),
+    ) -> None:
+        self.executor = executor
+        self.plan = list(plan)
+        self.settings = settings
+        self.callback = callback
+        self.hooks = list(hooks)
+        self.last_sync: SyncPoint | None = None
+
+    def run(self, start: SyncPoint) -> SyncPoint:
+        """Iterate from ``start`` to ``settings.iterations``; returns the final sync point."""
+        self.last_sync = start
+        handle = self.executor.reset(start.state)
+        recoveries = 0
+        while True:
+            try:
+                return self._iterate(handle, self.last_sync)
+            except WorkerLost as lost:
+                recoveries += 1
+                if recoveries > self.settings.max_recoveries:
+                    raise
+                log.warning(
+                    "worker(s) %s lost; recovery %d of %d",
+                    lost,
+                    recoveries,
+                    self.settings.max_recoveries,
+                )
+                handle = self.executor.recover(self.last_sync, str(lost))
+
+    def _iterate(self, handle: Any, sync: SyncPoint) -> SyncPoint:
+        ex, settings = self.executor, self.settings
+        history = sync.history.copy()
+        average_from = window_start(settings.iterations, settings.average_last)
+        count = sync.average_count
+        total = None if sync.average is None else ex.publish(sync.average)
+        pending: deque[tuple[int, Any]] = deque()
+        last = time.perf_counter()
+        for k in range(sync.iteration, settings.iterations):
+            handle, stats = stage_of(self.plan, k).algorithm.iterate(ex, handle, k)
+            if k >= average_from:
+                total = ex.apply(accumulate, total, handle, key=f"average-{k}")
+                count += 1
+            pending.append((k + 1, stats))
+            done = k + 1
+            last_one = done == settings.iterations
+            due = [hook for hook in self.hooks if hook.due(done, last_one)]
+            is_sync = bool(due) or done % settings.sync_every == 0 or last_one
+            while pending and (len(pending) > settings.lookahead or is_sync):
+                number, future = pending.popleft()
+                self._report(number, ex.fetch(future), history, time.perf_counter() - last)
+                last = time.perf_counter()
+            if not is_sync:
+                continue
+            state = ex.fetch(handle)
+            bad = state.nonfinite()
+            if bad is not None:
+                raise Diverged(done, bad)
+            average = None if total is None else ex.fetch(total)
+            sync = self.last_sync = SyncPoint(state, average, count, history.copy())
+            restart = None
+            for hook in due:
+                restart = hook.action(sync) or restart
+            if restart is not None:
+                sync = self.last_sync = SyncPoint(restart, average, count, sync.history)
+            if done < settings.iterations:
+                handle = ex.reset(restart) if restart is not None else ex.publish(state)
+                total = None if average is None else ex.publish(average)
+        return sync
+
+    def _report(self, number: int, stats: IterationStats, history: History, dt: float) -> None:
+        values = (stats.error, stats.probe_change, stats.object_change)
+        if not all(math.isfinite(v) for v in values):
+            names = ("Fourier error", "probe change", "object change")
+            raise Diverged(number, next(n for n, v in zip(names, values, strict=True) if not math.isfinite(v)))
+        history.append(*values, dt)
+        if self.callback is not None:
+            self.callback(len(history), history)
+
+
+def final_state(sync: SyncPoint) -> State:
+    """The result: the average over the window when it holds two or more iterates, else the
+    last state."""
+    averaged = sync.averaged()
+    return sync.state if averaged is None else averaged

@@ -1,0 +1,66 @@
+"""The in-process executor: every slot of views in this process, every call evaluated at once.
+
+It is the reference the Dask executor is tested against: the same algorithm code, the same
+per-chunk tasks and the same pairwise reduction (docs/design.md, "Seams").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ptychograph.backend import Array
+from ptychograph.partials import tree_sum
+from ptychograph.resident import ResidentViews, reset_views
+from ptychograph.state import State, SyncPoint
+
+
+class LocalExecutor:
+    """Views split into slots held in this process.
+
+    amplitudes : (N, H, W) real sqrt(I); origins : (N, 2) view corners in object pixels;
+    good : (H, W) bool or None. The views are cut into ``n_slots`` contiguous slots (like
+    workers) and become chunks at the first :meth:`reset`.
+    """
+
+    def __init__(
+        self,
+        amplitudes: Array,
+        origins: np.ndarray,
+        good: np.ndarray | None,
+        batch_size: int = 64,
+        subpixel: str = "fourier",
+        n_slots: int = 1,
+        backend: str = "numpy",
+    ) -> None:
+        bounds = np.linspace(0, amplitudes.shape[0], n_slots + 1).astype(int)
+        self.slots: list[ResidentViews] = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if b <= a:
+                continue
+            views = ResidentViews(backend, batch_size, subpixel)
+            views.good = views.device(good)
+            views.pending.append((views.device(amplitudes[a:b]), views.device(origins[a:b])))
+            self.slots.append(views)
+
+    def map_reduce(self, task: Callable[..., Any], *args: Any, key: str = "") -> Any:
+        return tree_sum([task(views, *args) for views in self.slots])
+
+    def apply(self, fn: Callable[..., Any], *args: Any, key: str = "") -> Any:
+        return fn(*args)
+
+    def publish(self, value: Any) -> Any:
+        return value
+
+    def fetch(self, handle: Any) -> Any:
+        return handle
+
+    def reset(self, state: State) -> State:
+        for views in self.slots:
+            reset_views(views, state)
+        return state
+
+    def recover(self, sync: SyncPoint, lost: str) -> State:  # pragma: no cover - never lost
+        raise RuntimeError("an in-process run has no workers to lose")
