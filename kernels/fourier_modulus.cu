@@ -3,8 +3,10 @@
 // NumPy references: ptychograph/gpu/reference.py.
 //
 //   modulus_constraint  in one pass per pixel: X2 = sum_m |X^m|^2 over all M = M_P * M_O modes,
-//                       ratio = a / max(sqrt(X2), tiny) (1 at masked pixels), optionally relaxed
-//                       per view as ratio <- 1 + step_j (ratio - 1), X^m *= ratio; with a model
+//                       ratio = a / sqrt(X2) (1 at masked pixels), optionally relaxed per view
+//                       as ratio <- 1 + step_j (ratio - 1), X^m *= ratio -- where that ratio is
+//                       safe; elsewhere the same projection without the ratio (see
+//                       constrain_extreme: finite for any finite X, all-zero X left); with a model
 //                       spectrum F phi it also sums the Fourier error terms per view:
 //                       model_residual_j += sum_good (a - |F phi|)^2, total_j += sum_good a^2
 //   fourier_residuals   the per-view sums only, without writing: the iterate's residual
@@ -42,16 +44,21 @@ __device__ __forceinline__ R abs2(C a) {
     return a.x * a.x + a.y * a.y;
 }
 
-// The smallest normal number, numpy's finfo(dtype).tiny: guards a / |X| where the model is 0.
+// numpy's finfo(dtype).tiny (smallest normal) and .max, and ratio_max = 2^(maxexp / 2 - 1), the
+// largest ratio a / |X| eq. 4 multiplies by (ptychograph.fourier.ratio_limit): 2^63, 2^511.
 template <typename R>
-struct Tiny;
+struct Limits;
 template <>
-struct Tiny<float> {
-    __device__ static float value() { return 1.17549435e-38f; }
+struct Limits<float> {
+    __device__ static float tiny() { return 1.17549435e-38f; }
+    __device__ static float max() { return 3.40282347e38f; }
+    __device__ static float ratio_max() { return 9223372036854775808.0f; }
 };
 template <>
-struct Tiny<double> {
-    __device__ static double value() { return 2.2250738585072014e-308; }
+struct Limits<double> {
+    __device__ static double tiny() { return 2.2250738585072014e-308; }
+    __device__ static double max() { return 1.7976931348623157e308; }
+    __device__ static double ratio_max() { return 6.703903964971299e153; }
 };
 
 __device__ __forceinline__ double warp_sum(double v) {
@@ -79,6 +86,52 @@ __device__ __forceinline__ R mode_power(const C* spectrum, long long j, int n_mo
     R power = R(0);
     for (int m = 0; m < n_modes; ++m) power += abs2<R>(at[(long long)m * n_pixels]);
     return power;
+}
+
+// frexp's exponent e of x (x in [2^(e-1), 2^e)) and the exact scaling x 2^e, per precision.
+__device__ __forceinline__ int exponent_of(float x) {
+    int e;
+    frexpf(x, &e);
+    return e;
+}
+__device__ __forceinline__ int exponent_of(double x) {
+    int e;
+    frexp(x, &e);
+    return e;
+}
+__device__ __forceinline__ float scale2(float x, int e) { return ldexpf(x, e); }
+__device__ __forceinline__ double scale2(double x, int e) { return ldexp(x, e); }
+
+// Eq. 4 at one pixel where the plain ratio is unsafe: a power sum that under- or overflowed
+// (denormal or huge modes) or a model negligible next to the data (a > |X| ratio_max). As
+// ptychograph.fourier._constrain_extreme: Y = 2^-e X, exact, with e the exponent of
+// max_m max(|Re X^m|, |Im X^m|), so |Y| is in [1/2, sqrt(2 M)]; X^m <- (a / |Y|) Y^m, relaxed as
+// (1 - relax) X + relax (a / |Y|) Y. A pixel whose modes are all exactly zero is left as it is.
+template <typename R, typename C>
+__device__ void constrain_extreme(C* at, int n_modes, int n_pixels, R a, int has_step, R relax) {
+    R largest = R(0);
+    for (int m = 0; m < n_modes; ++m) {
+        const C value = at[(long long)m * n_pixels];
+        largest = fmax(largest, fmax(fabs(value.x), fabs(value.y)));
+    }
+    if (!(largest > R(0))) return;  // no phase or mode split to keep
+    const int shift = -exponent_of(largest);
+    R power = R(0);
+    for (int m = 0; m < n_modes; ++m) {
+        const C value = at[(long long)m * n_pixels];
+        const R re = scale2(value.x, shift), im = scale2(value.y, shift);
+        power += re * re + im * im;
+    }
+    const R factor = a / sqrt(power);
+    for (int m = 0; m < n_modes; ++m) {
+        const C value = at[(long long)m * n_pixels];
+        R re = scale2(value.x, shift) * factor, im = scale2(value.y, shift) * factor;
+        if (has_step) {
+            re = (R(1) - relax) * value.x + relax * re;
+            im = (R(1) - relax) * value.y + relax * im;
+        }
+        at[(long long)m * n_pixels] = cmake(re, im);
+    }
 }
 
 template <typename R, typename C>
@@ -128,13 +181,21 @@ __device__ void modulus_constraint(C* spectrum, const C* model, const R* amplitu
                 acc_model += (double)d_model * (double)d_model;
                 acc_total += (double)a * (double)a;
             }
-            const R norm = sqrt(mode_power<R, C>(spectrum, j, n_modes, n_pixels, p));
-            R ratio = ok ? a / fmax(norm, Tiny<R>::value()) : R(1);
-            if (has_step) ratio = R(1) + relax * (ratio - R(1));
+            if (!ok) continue;  // ratio 1: a bad pixel keeps its computed amplitude
             C* at = spectrum + j * n_modes * (long long)n_pixels + p;
-            for (int m = 0; m < n_modes; ++m) {
-                const C value = at[(long long)m * n_pixels];
-                at[(long long)m * n_pixels] = cmake(value.x * ratio, value.y * ratio);
+            const R power = mode_power<R, C>(spectrum, j, n_modes, n_pixels, p);
+            const R norm = sqrt(power);
+            // the conditions of ptychograph.fourier._plain_ratio_safe
+            if (power >= Limits<R>::tiny() && power <= Limits<R>::max() &&
+                a <= norm * Limits<R>::ratio_max()) {
+                R ratio = a / norm;
+                if (has_step) ratio = R(1) + relax * (ratio - R(1));
+                for (int m = 0; m < n_modes; ++m) {
+                    const C value = at[(long long)m * n_pixels];
+                    at[(long long)m * n_pixels] = cmake(value.x * ratio, value.y * ratio);
+                }
+            } else {
+                constrain_extreme<R, C>(at, n_modes, n_pixels, a, has_step, relax);
             }
         }
         if (has_model) {  // uniform over the block, so every thread takes part in block_sum

@@ -1,4 +1,5 @@
-"""Checks of measured frames before a reconstruction: finite, non-negative, not all zero.
+"""Checks of measured frames before a reconstruction: finite, non-negative, not all zero, and
+a detector mask that leaves at least one good pixel.
 
 Bad frames either stop the run with an :class:`InputError` that says which setting to change,
 or are repaired (frames with NaN/Inf dropped with their positions, negative counts clipped to
@@ -29,7 +30,8 @@ def validate_frames(
 
     nonfinite : "error" refuses frames with NaN/Inf; "drop" removes them and their positions.
     negative : "error" refuses negative counts; "clip" sets them to 0 (in a copy).
-    Raises InputError when N is 0, when no frame is left, or when every frame is all zero.
+    Raises InputError when N is 0, when no frame is left, when every frame is all zero, or
+    when the mask marks every detector pixel bad (:func:`validate_mask`).
     """
     if nonfinite not in ("error", "drop"):
         raise InputError("data.nonfinite", f"must be 'error' or 'drop', got {nonfinite!r}")
@@ -39,12 +41,27 @@ def validate_frames(
         raise InputError("frames", f"have shape {scan.frames.shape}, expected (N, H, W)")
     if scan.frames.shape[0] == 0:
         raise InputError("frames", "the scan has no frames")
+    validate_mask(scan.mask)
     notes: list[str] = []
     scan = _handle_nonfinite(scan, nonfinite, notes)
     scan = _handle_negative(scan, negative, notes)
     if not np.any(scan.frames):
         raise InputError("frames", f"all {scan.n_frames} frames are entirely zero")
     return scan, notes
+
+
+def validate_mask(mask: np.ndarray | None) -> None:
+    """Refuse a detector mask (H, W) bool (True = bad) that leaves no good pixel.
+
+    With every pixel bad the Fourier constraint has no data to fit and the Fourier error is
+    0 / 0: InputError("mask", ...) before anything runs. None (no mask) is fine.
+    """
+    if mask is not None and bool(np.all(mask)):
+        raise InputError(
+            "mask",
+            f"every detector pixel is masked bad ({mask.size} of {mask.size}); nothing is "
+            "left to fit: remove the mask or mark the good pixels 0",
+        )
 
 
 def _handle_nonfinite(scan: Scan, mode: str, notes: list[str]) -> Scan:
