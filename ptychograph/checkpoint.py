@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ptychograph.version import __version__
 from ptychograph.backend import to_host
 from ptychograph.config import Config
 from ptychograph.errors import InputError
 from ptychograph.results import write_dataset_atomic
 from ptychograph.state import History, State, SyncPoint, window_start
+from ptychograph.version import __version__
 
 #: Keys of the reconstruction section that may change on resume.
 RESUMABLE_CHANGES = {"iterations"}

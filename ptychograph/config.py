@@ -12,29 +12,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from ptychograph.config_cluster import ClusterConfig
+from ptychograph.config_cluster import Section as _Section
 from ptychograph.errors import InputError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """Reject ``true``/``false`` where a number is expected (pydantic would take 1/0)."""
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and field.annotation in (int, float):
-            raise ValueError(f"expected a number, got {value!r}")
-        return value
 
 
 class GeometryConfig(_Section):
@@ -83,12 +69,8 @@ class ReconstructionConfig(_Section):
 
     @property
     def start_probe_modes(self) -> int:
-        """Probe modes at the start: the number asked for, or max_probe_modes for auto."""
-        return self.max_probe_modes if self.probe_modes == "auto" else int(self.probe_modes)
-
-    @property
-    def most_probe_modes(self) -> int:
-        """The largest number of probe modes the run may hold (for memory planning)."""
+        """Probe modes at the start: the number asked for, or max_probe_modes for auto (also
+        the most the run holds, which memory planning uses)."""
         return self.max_probe_modes if self.probe_modes == "auto" else int(self.probe_modes)
 
     iterations: int = Field(200, ge=1, le=1_000_000, description="DM iterations.")
@@ -202,76 +184,6 @@ class OutputConfig(_Section):
         if path.suffix.lower() != ".zarr":
             raise ValueError(f"the result store must end in .zarr, got {path.name!r}")
         return path
-
-
-class SecurityConfig(_Section):
-    """TLS for a shared cluster (Dask's ``distributed.security.Security``)."""
-
-    ca_file: Path = Field(description="Certificate authority (PEM) the scheduler's cert is from.")
-    cert_file: Path = Field(description="This client's certificate (PEM).")
-    key_file: Path | None = Field(None, description="Its private key (PEM), if not in cert_file.")
-    require_encryption: bool = Field(True, description="Refuse unencrypted connections.")
-
-
-class ClusterConfig(_Section):
-    """Where the work runs: a local Dask cluster, or an existing scheduler."""
-
-    address: str | None = Field(
-        None,
-        description="null: start a local cluster; else a scheduler address such as "
-        "tcp://host:8786 or ucx://host:8786 (started with `dask scheduler`).",
-    )
-    n_workers: int | None = Field(
-        None,
-        ge=1,
-        le=4096,
-        description="Workers: of the local cluster (default: one per GPU with the gpu extra "
-        "and a GPU, else 1); with an address, use at most this many of its workers.",
-    )
-    threads_per_worker: int | None = Field(
-        None, ge=1, le=1024, description="Threads per local worker (default: cores / workers)."
-    )
-    protocol: Literal["tcp", "ucx"] = Field(
-        "tcp", description="Local cluster comms; ucx needs the distributed-ucxx package."
-    )
-    backend: Literal["auto", "numpy", "cupy"] = Field(
-        "auto", description="Array backend on the workers; auto = cupy where a GPU exists."
-    )
-    connect_timeout: float = Field(
-        30.0, gt=0, le=3600, description="Seconds to wait for a scheduler before giving up."
-    )
-    lookahead: int = Field(
-        2, ge=0, le=16, description="Iterations submitted ahead of the one being reported."
-    )
-    security: SecurityConfig | None = Field(
-        None, description="TLS settings for connecting to a tls:// scheduler."
-    )
-    sync_every: int = Field(
-        10,
-        ge=1,
-        le=1000,
-        description="Iterations between client synchronisations: the estimates are fetched and "
-        "re-sent, which cuts the task lineage so the scheduler's state stays bounded.",
-    )
-    chunk_frames: int | None = Field(
-        None, ge=1, description="Frames per Zarr chunk when converting (default: ~32 MB)."
-    )
-
-    @field_validator("address")
-    @classmethod
-    def _scheme(cls, address: str | None) -> str | None:
-        if address is not None and not address.startswith(("tcp://", "ucx://", "tls://")):
-            raise ValueError(f"expected tcp://, tls:// or ucx://host:port, got {address!r}")
-        return address
-
-    @model_validator(mode="after")
-    def _tls_needs_security(self) -> ClusterConfig:
-        is_tls = self.address is not None and self.address.startswith("tls://")
-        if is_tls and self.security is None:
-            raise ValueError("address: a tls:// scheduler needs cluster.security")
-        if self.security is not None and not is_tls:
-            raise ValueError("security: TLS settings need a tls:// address")
-        return self
 
 
 class Config(_Section):

@@ -145,7 +145,9 @@ class Driver:
         values = (stats.error, stats.probe_change, stats.object_change)
         if not all(math.isfinite(v) for v in values):
             names = ("Fourier error", "probe change", "object change")
-            raise Diverged(number, next(n for n, v in zip(names, values, strict=True) if not math.isfinite(v)))
+            raise Diverged(
+                number, next(n for n, v in zip(names, values, strict=True) if not math.isfinite(v))
+            )
         history.append(*values, dt)
         if self.callback is not None:
             self.callback(len(history), history)

@@ -31,8 +31,9 @@ from ptychograph.executors.dask import DaskExecutor
 from ptychograph.executors.local import LocalExecutor
 from ptychograph.initial import load_previous, load_probe_file
 from ptychograph.io import apply_geometry, convert_to_store, load_scan
-from ptychograph.io.validate import validate_frames
-from ptychograph.io.zarr_store import check_store_frames, is_frames_store, read_store_info
+from ptychograph.io.store_check import check_store_frames
+from ptychograph.io.validate import validate_frames, validate_mask
+from ptychograph.io.zarr_store import is_frames_store, read_store_info
 from ptychograph.plotting import preview_figure
 from ptychograph.problem import Problem, Result, ScanSummary, layout, prepare, previous_object
 from ptychograph.results import check_output_free, write_result
@@ -52,7 +53,9 @@ def drive(
 ) -> Result:
     """Run the configured plan from ``start`` (or the problem's initial state) to the end."""
     rec, cluster = config.reconstruction, config.cluster
-    settings = DriverSettings(rec.iterations, cluster.sync_every, cluster.lookahead, rec.average_last)
+    settings = DriverSettings(
+        rec.iterations, cluster.sync_every, cluster.lookahead, rec.average_last
+    )
     driver = Driver(executor, plan_from(rec), settings, progress, [*hooks, *mode_hooks(config)])
     start = start or SyncPoint(problem.state)
     if start.state.origins is None:
@@ -65,18 +68,6 @@ def load_validated(config: Config) -> tuple[Scan, list[str]]:
     """Read and validate the scan named in the config; notes say what was fixed."""
     scan = load_scan(config.data.path, config.data)
     return validate_frames(scan, config.data.nonfinite, config.data.negative)
-
-
-def reconstruct_in_process(
-    config: Config, progress: Callback | None = None, n_chunks: int = 1
-) -> Result:
-    """The single-process reference: same iteration, no cluster, nothing written."""
-    scan, notes = load_validated(config)
-    for note in notes:
-        log.warning("%s", note)
-    problem = prepare(scan, config)
-    state, history = run_local(scan, problem, config, progress, n_chunks)
-    return Result(state, history, problem, config)
 
 
 def reconstruct_in_process(
@@ -112,7 +103,14 @@ def run_on_cluster(
     good = None if info.mask is None else ~info.mask
     frame_shape = info.geometry.frame_shape
     executor, stats = DaskExecutor.open(
-        client, store, lay.origins, frame_shape, lay.obj_shape, good, config, workers,
+        client,
+        store,
+        lay.origins,
+        frame_shape,
+        lay.obj_shape,
+        good,
+        config,
+        workers,
         info.chunk_frames,
     )
     try:
@@ -211,6 +209,7 @@ def store_is_clean(path: Path, config: Config) -> bool:
     """Check a frames store's values chunk by chunk. True when it can be used as it is; False
     when ``data.nonfinite: drop`` / ``data.negative: clip`` must repair it (the run then
     converts it into its work folder); InputError when it holds values the config refuses."""
+    validate_mask(read_store_info(path).mask)
     check = check_store_frames(path)
     data = config.data
     if check.nonfinite_frames and data.nonfinite == "error":

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ptychograph.version import __version__
 from ptychograph.backend import to_host
 from ptychograph.errors import InputError
 from ptychograph.modes import orthogonalise, power_shares
 from ptychograph.problem import Result
+from ptychograph.version import __version__
 
 
 def check_output_free(path: Path, overwrite: bool, figure: bool = True) -> None:

@@ -15,9 +15,9 @@ PACKAGE = ROOT / "ptychograph"
 #: Layers from the bottom (docs/design.md, "Architecture: layers"). A module may import
 #: modules of its own layer or below; the graph of all imports must be acyclic.
 LAYERS: list[set[str]] = [
-    {"errors", "version", "backend", "config", "scan", "phantoms", "memory"},
+    {"errors", "version", "backend", "config_cluster", "config", "scan", "phantoms", "memory"},
     {"partials", "operators", "fourier", "modes", "geometry", "metrics", "initial", "simulate"}
-    | {"io", "io.cxi", "io.hxn", "io.npz", "io.validate", "io.zarr_store"},
+    | {"io", "io.cxi", "io.hxn", "io.npz", "io.validate", "io.zarr_store", "io.store_check"},
     {"ops", "gpu", "gpu.kernels", "gpu.ops"},
     {"views"},
     {"state", "problem"},
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"cli", ""},  # "" is the package itself (its lazy ``reconstruct``)
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-MAX_LINES = 360
+MAX_LINES = 380
 
 
 def _module_name(path: Path) -> str:

@@ -15,9 +15,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from ptychograph.config import parse_config
-from ptychograph.executors.placement import assign_ranges
 from ptychograph.engine import reconstruct, reconstruct_in_process
 from ptychograph.errors import InputError
+from ptychograph.executors.placement import assign_ranges
 from ptychograph.io.cxi import write_cxi
 from ptychograph.simulate import SimulationConfig, simulate
 

@@ -37,8 +37,9 @@ def scan_path(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
 def thread_client():  # type: ignore[no-untyped-def]
     """Workers in this process, so that a patched function reaches them."""
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
-        as cluster,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
         Client(cluster) as client,
     ):
         yield client

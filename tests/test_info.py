@@ -14,8 +14,7 @@ from ptychograph.config import DataConfig, GeometryConfig
 from ptychograph.errors import InputError
 from ptychograph.geometry import object_shape, view_origins
 from ptychograph.info import describe
-from ptychograph.io import write_cxi
-from ptychograph.io import convert_to_store
+from ptychograph.io import convert_to_store, write_cxi
 from ptychograph.memory import estimate
 from ptychograph.scan import Scan
 from ptychograph.simulate import SimulationConfig, simulate

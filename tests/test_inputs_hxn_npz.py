@@ -21,6 +21,7 @@ from ptychograph.config import DataConfig, GeometryConfig
 from ptychograph.errors import InputError
 from ptychograph.geometry import view_origins
 from ptychograph.io import (
+    convert_to_store,
     detect_format,
     load_scan,
     read_hxn,
@@ -29,7 +30,6 @@ from ptychograph.io import (
     validate_frames,
     write_cxi,
 )
-from ptychograph.io import convert_to_store
 from ptychograph.scan import HC_EV_M, Geometry, Scan
 from ptychograph.simulate import SimulationConfig, simulate
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ptychograph.config import parse_config
-from ptychograph.executors.placement import plan_memory
 from ptychograph.errors import InputError
+from ptychograph.executors.placement import plan_memory
 from ptychograph.memory import SCRATCH_COPIES, estimate, fit_batch
 
 

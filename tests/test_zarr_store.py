@@ -16,12 +16,11 @@ import zarr
 import zarr.codecs
 
 from ptychograph.errors import InputError
-from ptychograph.io import load_scan, read_cxi, write_cxi
+from ptychograph.io import convert_to_store, load_scan, read_cxi, write_cxi
 from ptychograph.io.zarr_store import (
     FORMAT,
     FORMAT_VERSION,
     chunk_ranges,
-    convert_to_store,
     default_chunk_frames,
     read_frames,
     read_store_info,
@@ -341,7 +340,8 @@ def test_plain_directory_is_not_a_store(tmp_path: Path) -> None:
 
 
 def test_missing_chunk_file_is_refused_not_read_as_zeros(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from ptychograph.io.zarr_store import check_store_frames, write_frames_store
+    from ptychograph.io.store_check import check_store_frames
+    from ptychograph.io.zarr_store import write_frames_store
     from ptychograph.simulate import SimulationConfig, simulate
 
     scan = simulate(SimulationConfig(n_frames=12, frame_size=16, photons=1e4)).scan

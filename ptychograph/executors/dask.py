@@ -196,7 +196,7 @@ class DaskExecutor:
                 len(rows),
                 frame_shape,
                 obj_shape,
-                rec.most_probe_modes,
+                rec.start_probe_modes,
                 rec.object_modes,
                 rec.precision,
                 self.spec.batch_size,

@@ -85,7 +85,7 @@ def plan_memory(
     """
     rec = config.reconstruction
     limits = worker_limits(client, list(placement))
-    sizes = (frame_shape, obj_shape, rec.most_probe_modes, rec.object_modes, rec.precision)
+    sizes = (frame_shape, obj_shape, rec.start_probe_modes, rec.object_modes, rec.precision)
     batch = rec.batch_size
     for worker, ranges in placement.items():
         batch = min(batch, fit_batch(n_views(ranges), *sizes, batch, limits[worker]).batch_size)
