@@ -58,7 +58,7 @@ class DataConfig(_Section):
 
 
 class ReconstructionConfig(_Section):
-    """The Difference Map iteration (DESIGN.md steps 1-7)."""
+    """The Difference Map iteration (docs/design.md, "One DM iteration")."""
 
     @field_validator("probe_modes")
     @classmethod
@@ -124,7 +124,7 @@ class ReconstructionConfig(_Section):
 
 
 class InitialConfig(_Section):
-    """Initial probe and object (DESIGN.md step 7)."""
+    """Initial probe and object (docs/design.md, "Step 7")."""
 
     probe: Literal["auto", "data", "file", "previous"] = Field(
         "auto",

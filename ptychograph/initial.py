@@ -1,4 +1,4 @@
-"""Initial probe and object (DESIGN.md step 7).
+"""Initial probe and object (docs/design.md, "Step 7").
 
 Probe: from the data (the mean diffraction pattern's amplitude with a flat phase), from a file
 (.npy or an earlier result), from an earlier result, or the scan file's own illumination. Extra

@@ -1,4 +1,4 @@
-"""Probe-mode orthogonalisation and power shares (DESIGN.md step 6).
+"""Probe-mode orthogonalisation and power shares (docs/design.md, "Step 6").
 
 Mixed-state reconstruction (Thibault & Menzel, Nature 494 (2013)) determines the probe modes only
 up to a unitary mixing; power shares are meaningful for orthogonal modes. Orthogonalising the

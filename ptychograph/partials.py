@@ -1,6 +1,7 @@
 """Partial sums of a reduction as small typed values with an associative combine.
 
-The overlap constraint (DESIGN.md eqs. 5-6) and the Fourier error (step 5) are ratios of sums
+The overlap constraint (docs/design.md, "Step 4", eqs. 5-6) and the Fourier error
+(docs/design.md, "Step 5") are ratios of sums
 over views. Every chunk of views yields a partial value; partials are combined with ``+`` in any
 order or tree shape and divided once at the end, which is what a tree reduction across Dask
 workers needs.

@@ -4,7 +4,7 @@ Two images give the object's amplitude and phase (:mod:`ptychograph.phantoms`); 
 zone-plate-like probe fits inside the frame; raster or Fermat-spiral scans of any N with a chosen
 overlap; Poisson noise at a chosen photon count; and a fly-scan mode that averages the
 intensity over sub-positions inside each exposure (continuous motion), which is equivalent to a
-partially coherent illumination and is what extra probe modes recover (DESIGN.md "Fly scans").
+partially coherent illumination and is what extra probe modes recover (docs/design.md, "Fly scans").
 """
 
 from __future__ import annotations

@@ -130,9 +130,22 @@ def test_docstring_references_resolve() -> None:
         if re.search(r"(?<!docs/design\.md)(?<![/\w])DESIGN\.md", text):
             problems.append(f"{path.name}: cites DESIGN.md")
         for section in re.findall(r'docs/design\.md,?\s+"([^"]+)"', text):
+            section = " ".join(section.split())
             if not any(section.lower() in h for h in headings):
                 problems.append(f'{path.name}: no section "{section}"')
         for module in re.findall(r":mod:`~?ptychograph\.([\w.]+)`", text):
             if module not in MODULES:
                 problems.append(f"{path.name}: no module ptychograph.{module}")
     assert problems == []
+
+
+def test_readme_layout_lists_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") : readme.index("## Development")]
+    missing = []
+    for name, path in MODULES.items():
+        relative = path.relative_to(PACKAGE).as_posix()
+        short = relative.removesuffix("/__init__.py") + ("/" if path.name == "__init__.py" else "")
+        if f"`{relative}`" not in layout and f"`{short}`" not in layout and name:
+            missing.append(relative)
+    assert missing == []
