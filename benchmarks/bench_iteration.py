@@ -36,20 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plain_dm  # noqa: E402
 from results_md import write_section  # noqa: E402
 
+from ptychograph.algorithms.dm import DifferenceMap, DMOptions  # noqa: E402
 from ptychograph.backend import fft_workers  # noqa: E402
-from ptychograph.partials import (  # noqa: E402
-    OverlapPartials,
-    regularised_divide,
-    regularised_step,
-)
-from ptychograph.views import (  # noqa: E402
-    ViewChunk,
-    make_chunk,
-    object_partials,
-    probe_partials,
-    update_views,
-    view_update,
-)
+from ptychograph.executors.local import LocalExecutor  # noqa: E402
+from ptychograph.state import State  # noqa: E402
 
 SECTION = "## CPU: one DM iteration, plain NumPy vs ptychograph"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -203,39 +193,27 @@ class IterationSettings:
     overlap_passes: int
     noise_bound: float
     batch_size: int
-    fused: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, batch_size: int | None) -> IterationSettings:
         """From the command line; ``batch_size`` (a configuration's own) overrides --batch."""
         batch = args.batch if batch_size is None else batch_size
-        return cls(
-            args.beta, args.alpha, args.overlap_passes, args.noise_bound, batch, not args.unfused
-        )
+        return cls(args.beta, args.alpha, args.overlap_passes, args.noise_bound, batch)
 
 
 def fast_iteration(
-    chunk: ViewChunk, probe: np.ndarray, obj: np.ndarray, settings: IterationSettings
+    executor: LocalExecutor, probe: np.ndarray, obj: np.ndarray, settings: IterationSettings
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """One ptychograph DM iteration on a chunk, as ptychograph.solver.run_dm runs it.
+    """One ptychograph DM iteration, the algorithm itself (:mod:`ptychograph.algorithms.dm`)
+    on the in-process executor; probe updates from the first iteration, no mode rotation.
 
-    psi is updated in place; probe (M_P, H, W) and obj (M_O, Y, X) are not. With ``fused`` the
-    first object partials come out of the exit-wave sweep (``update_views``), otherwise from a
-    separate ``object_partials`` sweep. Returns (probe, obj, Fourier error).
+    psi is updated in place; probe (M_P, H, W) and obj (M_O, Y, X) are not.
+    Returns (probe, obj, Fourier error).
     """
     s = settings
-    partials: OverlapPartials | None = None
-    if s.fused:
-        error, partials = update_views(chunk, probe, obj, s.beta, s.batch_size, None, s.noise_bound)
-    else:
-        error = view_update(chunk, probe, obj, s.beta, s.batch_size, None, s.noise_bound)
-    for _ in range(s.overlap_passes):
-        if partials is None:
-            partials = object_partials(chunk, probe, obj.shape[1:], s.batch_size)
-        obj = regularised_divide(partials, obj, s.alpha)
-        partials = None
-        probe = regularised_step(probe_partials(chunk, obj, probe, s.batch_size), probe, s.alpha)
-    return probe, obj, error.value
+    options = DMOptions(s.beta, s.overlap_passes, 0, s.alpha, False, s.noise_bound)
+    new, stats = DifferenceMap(options).iterate(executor, State(probe, obj), 0)
+    return new.probe, new.obj, stats.error
 
 
 def plain_iteration(
@@ -266,16 +244,18 @@ def run_config(config: BenchConfig, args: argparse.Namespace) -> Timing:
     scene = make_scene(config, args.overlap, args.seed)
     settings = IterationSettings.from_args(args, config.batch_size)
     start_psi = plain_dm.initial_exit_waves(scene.probe, scene.obj, scene.origins)
-    chunk = make_chunk(
-        scene.amplitudes, None, scene.origins, scene.probe, scene.obj, settings.batch_size
+    executor = LocalExecutor.from_frames(
+        scene.amplitudes, scene.origins, None, settings.batch_size, "fourier"
     )
+    executor.reset(State(scene.probe, scene.obj))
+    [chunk] = executor.slots[0].chunks
     psi = start_psi.copy()
 
     def plain() -> tuple[np.ndarray, np.ndarray, float]:
         return plain_iteration(psi, scene, settings)
 
     def fast() -> tuple[np.ndarray, np.ndarray, float]:
-        return fast_iteration(chunk, scene.probe, scene.obj, settings)
+        return fast_iteration(executor, scene.probe, scene.obj, settings)
 
     plain_result = plain()
     fast_result = fast()
@@ -357,10 +337,10 @@ def render_section(
         "",
         f"One iteration = exit-wave update (eqs. 3-4) + {args.overlap_passes} overlap pass(es) "
         "(eqs. 5-6; object by regularised_divide, probe by the residual-form regularised_step, "
-        f"as in ptychograph.solver); beta = {args.beta}, alpha = {args.alpha}, "
+        "the DM algorithm of ptychograph.algorithms.dm); "
+        f"beta = {args.beta}, alpha = {args.alpha}, "
         f"noise_bound = {args.noise_bound}, batch size {args.batch} unless the row says "
-        "otherwise, first object partials "
-        f"{'from a separate sweep' if args.unfused else 'fused into the exit-wave sweep'}. "
+        "otherwise, first object partials fused into the exit-wave sweep. "
         f"Median of {args.repeats} repeats after one warm-up, plain and ptychograph interleaved; "
         "speed-up = median of the per-repeat ratios plain / ptychograph. "
         f"Scan: square raster, {args.overlap:.0%} linear overlap of a probe disc of diameter "
@@ -395,11 +375,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=1e-3, help="overlap regularisation")
     parser.add_argument(
         "--noise-bound", type=float, default=0.0, help="Fourier relaxation (0 = plain eq. 4)"
-    )
-    parser.add_argument(
-        "--unfused",
-        action="store_true",
-        help="separate object_partials sweep instead of the fused update_views",
     )
     parser.add_argument("--batch", type=int, default=64, help="ptychograph views per batch")
     parser.add_argument("--overlap", type=float, default=0.7, help="linear probe overlap")

@@ -81,7 +81,7 @@ def reconstruct_in_process(
     problem = prepare(scan, config)
     rec = config.reconstruction
     amplitudes = np.sqrt(scan.frames).astype(real_dtype(complex_dtype(rec.precision)))
-    executor = LocalExecutor(
+    executor = LocalExecutor.from_frames(
         amplitudes, problem.origins, problem.summary.good, rec.batch_size, rec.subpixel, n_chunks
     )
     return drive(executor, problem, config, progress)

@@ -1,6 +1,6 @@
 """The shared Fourier-modulus constraint and the Difference Map exit-wave update.
 
-DESIGN.md step 2 (Dong et al. eq. 3) and step 3 (eq. 4); Thibault et al., Ultramicroscopy 109
+docs/design.md, "Step 2" (Dong et al. eq. 3) and "Step 3" (eq. 4); Thibault et al., Ultramicroscopy 109
 (2009), doi:10.1016/j.ultramic.2008.12.011, for DM; Thibault & Menzel, Nature 494 (2013),
 doi:10.1038/nature11806, for the incoherent sum over modes.
 """
@@ -25,7 +25,7 @@ def modulus_constraint(
     amplitudes : (N, H, W) real, sqrt(I_j).
     good : (H, W) bool, False at bad detector pixels (they keep their computed amplitude), or
     None when every pixel is good.
-    noise_bound : relaxation for noisy data (DESIGN.md, "Noise"). A view whose residual
+    noise_bound : relaxation for noisy data (docs/design.md, "Noise"). A view whose residual
     D_j = sum_q (sqrt(I_j) - |F psi_j|)^2 is already below B = noise_bound * 0.25 * n_good
     (0.25 per pixel is the variance of sqrt(Poisson counts)) is left unchanged; otherwise it is
     moved towards the data only until its residual is about B:

@@ -158,7 +158,7 @@ def test_a_new_algorithm_chains_after_dm_without_driver_changes(scan_path, tmp_p
     seen: list[int] = []
 
     def executor() -> LocalExecutor:
-        return LocalExecutor(amplitudes, problem.origins, None, 16, "fourier", 3)
+        return LocalExecutor.from_frames(amplitudes, problem.origins, None, 16, "fourier", 3)
 
     [dm_stage] = plan_from(config.reconstruction)
     plan = [Stage(dm_stage.algorithm, 0, 8), Stage(ObjectOnly(ObjectOnlyOptions()), 8, 12)]

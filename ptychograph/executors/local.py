@@ -18,15 +18,14 @@ from ptychograph.state import State, SyncPoint
 
 
 class LocalExecutor:
-    """Views split into slots held in this process.
+    """Slots of resident views held in this process (like workers); every call runs at once."""
 
-    amplitudes : (N, H, W) real sqrt(I); origins : (N, 2) view corners in object pixels;
-    good : (H, W) bool or None. The views are cut into ``n_slots`` contiguous slots (like
-    workers) and become chunks at the first :meth:`reset`.
-    """
+    def __init__(self, slots: list[ResidentViews]) -> None:
+        self.slots = slots
 
-    def __init__(
-        self,
+    @classmethod
+    def from_frames(
+        cls,
         amplitudes: Array,
         origins: np.ndarray,
         good: np.ndarray | None,
@@ -34,16 +33,20 @@ class LocalExecutor:
         subpixel: str = "fourier",
         n_slots: int = 1,
         backend: str = "numpy",
-    ) -> None:
+    ) -> LocalExecutor:
+        """Views cut into ``n_slots`` contiguous slots; they become chunks at the first
+        :meth:`reset`. amplitudes : (N, H, W) real sqrt(I), centred; origins : (N, 2) view
+        corners in object pixels; good : (H, W) bool or None."""
         bounds = np.linspace(0, amplitudes.shape[0], n_slots + 1).astype(int)
-        self.slots: list[ResidentViews] = []
+        slots: list[ResidentViews] = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             if b <= a:
                 continue
             views = ResidentViews(backend, batch_size, subpixel)
             views.good = views.device(good)
             views.pending.append((views.device(amplitudes[a:b]), views.device(origins[a:b])))
-            self.slots.append(views)
+            slots.append(views)
+        return cls(slots)
 
     def map_reduce(self, task: Callable[..., Any], *args: Any, key: str = "") -> Any:
         return tree_sum([task(views, *args) for views in self.slots])
