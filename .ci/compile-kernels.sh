@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compile every kernels/*.cu with nvcc for sm_80 (A100) and sm_90 (H100), as the GPU code path
-# would, so a syntax error or a compiler warning fails CI even on a machine without a GPU.
+# Compile every ptychograph/gpu/cuda/*.cu (the kernels, shipped as package data) with nvcc for
+# sm_80 (A100) and sm_90 (H100), as the GPU code path would, so a syntax error or a compiler
+# warning fails CI even on a machine without a GPU.
 # Each file must compile on its own (no project headers): ptychograph/gpu/kernels.py hands the
 # same text to NVRTC through cupy.RawModule. Skips, with a message, when nvcc is not installed.
 set -euo pipefail
@@ -14,9 +15,9 @@ if ! command -v "$NVCC" >/dev/null 2>&1; then
     exit 0
 fi
 shopt -s nullglob
-sources=(kernels/*.cu)
+sources=(ptychograph/gpu/cuda/*.cu)
 if [ ${#sources[@]} -eq 0 ]; then
-    echo "compile-kernels: no kernels/*.cu files" >&2
+    echo "compile-kernels: no ptychograph/gpu/cuda/*.cu files" >&2
     exit 1
 fi
 

@@ -1,12 +1,12 @@
 """GPU benchmark: the seed paper's multi-mode workload on one GPU.
 
-The workload of DESIGN.md "Reference workloads": N = 10,000 simulated frames of 188 x 188,
+The workload of docs/design.md, "Reference workloads": N = 10,000 simulated frames of 188 x 188,
 5 probe modes, 50 DM iterations, in complex64 and complex128. The paper reports 25.69 s on
 4 V100 (49.82 s on 2 V100) in double precision; it did not fit in one 32 GB GPU.
 
 Each precision runs through :func:`ptychograph.reconstruct` with ``cluster.backend: cupy`` on a
 one-GPU ``LocalCUDACluster`` when dask-cuda is installed (else in this process, through the same
-:func:`ptychograph.solver.run_dm` loop on CuPy arrays, and the table says so). Recorded per
+driver and DM algorithm on CuPy arrays, and the table says so). Recorded per
 precision: the wall time of the reconstruction (frames loaded from the Zarr store onto the GPU,
 initial guesses, iterations; not the simulation or the cluster start), the iteration loop time
 and its median per iteration, a memory-bandwidth floor per iteration (bytes that must move /
@@ -173,36 +173,35 @@ def run_on_cluster(config: Any) -> tuple[float, Any, int]:
 
 
 def run_in_process(config: Any) -> tuple[float, Any, int]:
-    """The same loop (run_dm) in this process on CuPy arrays, for machines without dask-cuda."""
+    """The same driver and DM algorithm in this process, on one slot of CuPy views (whose batch
+    ops are the fused kernels, :class:`ptychograph.gpu.ops.CupyOps`), for machines without
+    dask-cuda."""
     import cupy
 
     from ptychograph.backend import complex_dtype, real_dtype
-    from ptychograph.engine import load_validated, prepare, settings_from
-    from ptychograph.solver import LocalExecutor, run_dm
-    from ptychograph.state import State
-    from ptychograph.views import make_chunk
+    from ptychograph.engine import drive, load_validated
+    from ptychograph.executors.local import LocalExecutor
+    from ptychograph.problem import prepare
 
     rec = config.reconstruction
     cupy.get_default_memory_pool().free_all_blocks()
     begin = time.perf_counter()
     scan, _ = load_validated(config)
     problem = prepare(scan, config)
-    rdtype = real_dtype(complex_dtype(rec.precision))
-    probe, obj = cupy.asarray(problem.state.probe), cupy.asarray(problem.state.obj)
-    chunk = make_chunk(
-        cupy.asarray(np.sqrt(scan.frames).astype(rdtype)),
-        None if problem.good is None else cupy.asarray(problem.good),
-        cupy.asarray(problem.origins),
-        probe,
-        obj,
+    amplitudes = np.sqrt(scan.frames).astype(real_dtype(complex_dtype(rec.precision)))
+    del scan
+    executor = LocalExecutor.from_frames(
+        amplitudes,
+        problem.origins,
+        problem.summary.good,
         rec.batch_size,
         rec.subpixel,
+        backend="cupy",
     )
-    del scan
-    executor = LocalExecutor([chunk], rec.batch_size)
-    _, history = run_dm(executor, State(probe, obj, 0), settings_from(config))
+    del amplitudes
+    result = drive(executor, problem, config)
     cupy.cuda.Device().synchronize()
-    return time.perf_counter() - begin, history, pool_bytes()
+    return time.perf_counter() - begin, result.history, pool_bytes()
 
 
 def run_case(store: Path, args: argparse.Namespace, precision: str, bandwidth: float) -> CaseResult:
@@ -340,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ptychograph.cluster import gpu_count
+    from ptychograph.backend import gpu_count
 
     if gpu_count() == 0:
         print("gpu_seed_workload: no CUDA device (or CuPy is not installed); nothing to benchmark")

@@ -1,9 +1,9 @@
-"""A deliberately plain NumPy Difference Map iteration: the speed baseline and a second reference.
+"""A deliberately plain NumPy Difference Map iteration: the speed baseline and an independent check.
 
-This is the same iteration as :mod:`ptychograph.views` (DESIGN.md steps 1-4, Dong et al.,
-arXiv:1808.10375, eqs. 2-6), written the straightforward way: one Python loop over views,
-``numpy.fft`` per view with ``fftshift`` / ``ifftshift`` for the detector convention, and object
-insertion by slicing. It shares no code with ``ptychograph`` so that it checks the fast path
+This is the same iteration as :mod:`ptychograph.views` (docs/design.md, "One DM iteration";
+Dong et al., arXiv:1808.10375, eqs. 2-6), written the straightforward way: one Python loop over
+views, ``numpy.fft`` per view with ``fftshift`` / ``ifftshift`` for the detector convention, and
+object insertion by slicing. It shares no code with ``ptychograph`` so that it checks the fast path
 independently. Conventions that must match ``ptychograph``:
 
 * F = fftshift o fft2(norm="ortho"), F^-1 = ifft2(norm="ortho") o ifftshift (per view).
@@ -14,7 +14,7 @@ independently. Conventions that must match ``ptychograph``:
 * The Fourier error is that of the current model phi, before the update.
 * The object division is regularised: new = (num + eps prev) / (den + eps), eps = alpha max(den)
   (``ptychograph.partials.regularised_divide``); the probe takes the residual-form step
-  new = prev + num / (den + eps) (``regularised_step``, as ``ptychograph.solver.run_dm`` does).
+  new = prev + num / (den + eps) (``regularised_step``, as ``ptychograph.algorithms.dm`` does).
 * The noise relaxation of the modulus constraint (``noise_bound``, default 0 = plain eq. 4) is
   that of ``ptychograph.fourier.modulus_constraint`` for a detector without bad pixels.
 
@@ -70,14 +70,21 @@ def split_origins(origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return corners.astype(np.int64), origins - corners
 
 
+def windows(
+    origins: np.ndarray, shape: tuple[int, int]
+) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    """For each view: its (rows, columns) window of the object and its fractional shift."""
+    corners, fracs = split_origins(origins)
+    return [
+        ((slice(row, row + shape[0]), slice(col, col + shape[1])), frac)
+        for (row, col), frac in zip(corners, fracs, strict=True)
+    ]
+
+
 def view_exit_waves(probe: np.ndarray, obj: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """Eq. 2 for one view: phi^(k,l) = (S_j P^(k)) (E_j O^(l)) -> (M_P, M_O, H, W)."""
-    corner, frac = split_origins(origin[None])
-    row, col = corner[0]
-    height, width = probe.shape[1:]
-    probe_view = shift_probe(probe, frac[0])
-    obj_view = obj[:, row : row + height, col : col + width]
-    return probe_view[:, None] * obj_view[None, :]
+    [(window, frac)] = windows(origin[None], probe.shape[1:])
+    return shift_probe(probe, frac)[:, None] * obj[:, window[0], window[1]][None, :]
 
 
 def initial_exit_waves(probe: np.ndarray, obj: np.ndarray, origins: np.ndarray) -> np.ndarray:
@@ -112,8 +119,8 @@ def update_exit_waves(
     psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi), with
     F_c[x] = sqrt(I_j / sum_{k,l} |F x|^2) F x.
     The error is that of the current model phi: sum (sqrt(I) - |F phi|)^2 / sum I.
-    noise_bound > 0 relaxes eq. 4 (DESIGN.md "Noise"): with D_j = sum (|F x| - sqrt(I_j))^2 and
-    B = noise_bound * 0.25 * H * W, the scale becomes 1 + (1 - sqrt(B / max(D_j, B))) (s - 1).
+    noise_bound > 0 relaxes eq. 4 (docs/design.md, "Noise"): with D_j = sum (|F x| - sqrt(I_j))^2
+    and B = noise_bound * 0.25 * H * W, the scale becomes 1 + (1 - sqrt(B / max(D_j, B))) (s - 1).
     """
     residual = 0.0
     total = 0.0
@@ -156,17 +163,10 @@ def update_object(
     """
     numerator = np.zeros(obj.shape, dtype=obj.dtype)
     denominator = np.zeros(obj.shape[1:], dtype=obj.real.dtype)
-    height, width = probe.shape[1:]
-    corners, fracs = split_origins(origins)
-    for j in range(psi.shape[0]):
-        row, col = corners[j]
-        probe_view = shift_probe(probe, fracs[j])  # (M_P, H, W)
-        numerator[:, row : row + height, col : col + width] += np.sum(
-            np.conj(probe_view)[:, None] * psi[j], axis=0
-        )
-        denominator[row : row + height, col : col + width] += np.sum(
-            np.abs(probe_view) ** 2, axis=0
-        )
+    for j, (window, frac) in enumerate(windows(origins, probe.shape[1:])):
+        probe_view = shift_probe(probe, frac)  # (M_P, H, W)
+        numerator[:, window[0], window[1]] += np.sum(np.conj(probe_view)[:, None] * psi[j], axis=0)
+        denominator[window] += np.sum(np.abs(probe_view) ** 2, axis=0)
     return regularised_divide(numerator, denominator, obj, alpha)
 
 
@@ -191,14 +191,11 @@ def update_probe(
     """
     numerator = np.zeros(probe.shape, dtype=probe.dtype)
     denominator = np.zeros(probe.shape[1:], dtype=probe.real.dtype)
-    height, width = probe.shape[1:]
-    corners, fracs = split_origins(origins)
-    for j in range(psi.shape[0]):
-        row, col = corners[j]
-        obj_view = obj[:, row : row + height, col : col + width]  # (M_O, H, W)
-        residual = psi[j] - shift_probe(probe, fracs[j])[:, None] * obj_view[None]
+    for j, (window, frac) in enumerate(windows(origins, probe.shape[1:])):
+        obj_view = obj[:, window[0], window[1]]  # (M_O, H, W)
+        residual = psi[j] - shift_probe(probe, frac)[:, None] * obj_view[None]
         wave = np.sum(np.conj(obj_view)[None] * residual, axis=1)  # (M_P, H, W)
-        numerator += unshift_wave(wave, fracs[j])
+        numerator += unshift_wave(wave, frac)
         denominator += np.sum(np.abs(obj_view) ** 2, axis=0)
     return regularised_step(numerator, denominator, probe, alpha)
 

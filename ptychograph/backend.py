@@ -1,15 +1,17 @@
 """Array-module selection and batched FFTs for NumPy and CuPy.
 
 Nothing here imports CuPy at import time. The array module always comes from the inputs
-(:func:`get_array_module`), so every operator runs unchanged on host or device arrays.
+(:func:`get_array_module`), so every operator runs unchanged on host or device arrays, and
+:func:`gpu_count` / :func:`device_available` answer whether a CUDA device is there at all.
 
-The far-field propagator follows the detector convention of DESIGN.md: frames have zero
-spatial frequency at the frame centre, so ``F = fftshift o fft2(norm="ortho")`` and
+The far-field propagator follows the detector convention (docs/design.md, "Conventions"): frames
+have zero spatial frequency at the frame centre, so ``F = fftshift o fft2(norm="ortho")`` and
 ``F^-1 = ifft2(norm="ortho") o ifftshift``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -31,6 +33,24 @@ def get_array_module(*arrays: Any) -> ModuleType:
 
             return cupy
     return np
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices visible through CuPy (0 without CuPy or a device)."""
+    if importlib.util.find_spec("cupy") is None:
+        return 0
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - any CUDA/driver failure means no usable GPU
+        return 0
+
+
+def device_available() -> bool:
+    """True when CuPy is installed and at least one CUDA device answers (a device check, not
+    an import check: CuPy installed on a machine without a GPU gives False)."""
+    return gpu_count() > 0
 
 
 #: Per-thread override of :func:`fft_workers` (set inside batch threads, see

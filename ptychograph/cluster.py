@@ -17,22 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ptychograph.backend import gpu_count
 from ptychograph.config import ClusterConfig
 from ptychograph.errors import InputError
 
 log = logging.getLogger("ptychograph")
-
-
-def gpu_count() -> int:
-    """Number of CUDA devices visible through CuPy (0 without CuPy or a device)."""
-    if importlib.util.find_spec("cupy") is None:
-        return 0
-    try:
-        import cupy
-
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:  # noqa: BLE001 - any CUDA/driver failure means no usable GPU
-        return 0
 
 
 def resolve_backend(choice: str) -> str:

@@ -1,4 +1,5 @@
-"""Linear operators of the multi-mode forward model (DESIGN.md, Dong et al. eqs. 1-2).
+"""Linear operators of the multi-mode forward model (Dong et al. eqs. 1-2; docs/design.md,
+"Forward model").
 
 Each operator is a pure function over arrays with its adjoint beside it, so that the
 inner-product identity ``<A x, y> = <x, A^H y>`` can be (and is) tested:
@@ -125,13 +126,10 @@ def _flat_indices(corners: Array, shape: tuple[int, int], obj_shape: tuple[int, 
     return rows * obj_shape[1] + cols
 
 
-def insert_views(
-    views: Array, corners: Array, obj_shape: tuple[int, int], indices: Array | None = None
-) -> Array:
+def insert_views(views: Array, corners: Array, obj_shape: tuple[int, int]) -> Array:
     """E_j^H summed over views: add every view into an object-sized array.
 
     views : (N, M, H, W) real or complex. corners : (N, 2) int. obj_shape : (Y, X).
-    indices : optional precomputed :func:`_flat_indices` (N, H, W) (CuPy path only).
     Returns (M, Y, X) with the dtype of ``views``; overlapping views add up.
 
     On CuPy this is one atomic scatter-add over all views. On NumPy it adds each view's
@@ -149,8 +147,7 @@ def insert_views(
         return out
     import cupyx  # pragma: no cover - exercised on GPU machines
 
-    if indices is None:  # pragma: no cover
-        indices = _flat_indices(corners, (height, width), obj_shape)
+    indices = _flat_indices(corners, (height, width), obj_shape)  # pragma: no cover
     flat_out = out.reshape(n_modes, -1)  # pragma: no cover
     for mode in range(n_modes):  # pragma: no cover
         cupyx.scatter_add(flat_out[mode], indices.reshape(-1), views[:, mode].reshape(-1))

@@ -4,9 +4,12 @@ A :class:`ViewChunk` holds everything that stays with a set of views between ite
 measured amplitudes, the view positions and the exit waves psi. The functions here are what a
 worker runs on its resident chunk; they return only small values (error terms and
 :class:`~ptychograph.partials.OverlapPartials`), never psi. Views are processed in batches so
-that scratch memory stays a small multiple of one batch.
+that scratch memory stays a small multiple of one batch: this module cuts the batches, gathers
+each batch's shifted probe S_j P and object views E_j O, spreads the batches over threads and
+adds up the sums; the batch bodies are the named ops of :mod:`ptychograph.ops` (NumPy, or the
+fused CUDA kernels), passed as ``ops=``.
 
-Equations: DESIGN.md steps 1-4 (Dong et al., arXiv:1808.10375, eqs. 2-6).
+Equations: docs/design.md, "One DM iteration" (Dong et al., arXiv:1808.10375, eqs. 2-6).
 """
 
 from __future__ import annotations
@@ -19,13 +22,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ptychograph.backend import Array, fft_workers, get_array_module, single_fft_worker
-from ptychograph.fourier import dm_exit_wave_update
-from ptychograph.operators import (
-    SubpixelShift,
-    exit_waves,
-    extract_views,
-    insert_views,
-)
+from ptychograph.operators import SubpixelShift, exit_waves, extract_views
+from ptychograph.ops import BatchOps, NumpyOps
 from ptychograph.partials import FourierError, OverlapPartials
 
 T = TypeVar("T")
@@ -130,27 +128,6 @@ def rotate_modes(waves: Array, rotation: Array) -> Array:
     return xp.ascontiguousarray(xp.moveaxis(rotated, 0, 1))
 
 
-def view_update(
-    chunk: ViewChunk,
-    probe: Array,
-    obj: Array,
-    beta: float,
-    batch_size: int = 64,
-    rotation: Array | None = None,
-    noise_bound: float = 0.0,
-) -> FourierError:
-    """One DM exit-wave update (eqs. 3-4) of every view in the chunk, in place.
-
-    probe : (M_P, H, W), obj : (M_O, Y, X), the current estimates. rotation : optional
-    (M_P, M_P) probe-mode rotation that was applied to the probe since the last update; it is
-    applied to psi first so that psi stays consistent with the orthogonalised modes.
-    noise_bound : Fourier-constraint relaxation (:func:`~ptychograph.fourier.modulus_constraint`).
-    Returns the chunk's Fourier error terms.
-    """
-    error, _ = update_views(chunk, probe, obj, beta, batch_size, rotation, noise_bound, False)
-    return error
-
-
 def update_views(
     chunk: ViewChunk,
     probe: Array,
@@ -160,81 +137,91 @@ def update_views(
     rotation: Array | None = None,
     noise_bound: float = 0.0,
     with_object_partials: bool = True,
+    *,
+    ops: BatchOps | None = None,
 ) -> tuple[FourierError, OverlapPartials | None]:
-    """:func:`view_update` fused with the first :func:`object_partials` of the iteration.
+    """One DM exit-wave update (eqs. 3-4) of every view in the chunk, in place, fused with the
+    first :func:`object_partials` of the iteration.
 
+    probe : (M_P, H, W), obj : (M_O, Y, X), the current estimates. rotation : optional
+    (M_P, M_P) probe-mode rotation that was applied to the probe since the last update; it is
+    applied to psi first so that psi stays consistent with the orthogonalised modes.
+    noise_bound : Fourier-constraint relaxation (:func:`~ptychograph.fourier.modulus_constraint`).
     The object update right after the exit-wave update uses the same probe, so each batch's
     shifted probe S_j P is computed once and psi is read once while it is hot in cache; it also
     lets a worker answer one task with both the error and the object partials.
+    ops : the batch ops (:func:`ptychograph.ops.select_ops`); None is :class:`NumpyOps`.
     Returns the Fourier error terms and (if ``with_object_partials``) the eq. 6 partials.
     """
+    batch_ops = _ops(ops)
     xp = get_array_module(probe)
     obj_shape = (int(obj.shape[1]), int(obj.shape[2]))
 
-    def work(batches: list[slice]) -> tuple[FourierError, Array, Array]:
-        numerator = xp.zeros((obj.shape[0], *obj_shape), dtype=probe.dtype)
-        denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
+    def work(batches: list[slice]) -> tuple[FourierError, OverlapPartials | None]:
+        sums = None
+        if with_object_partials:
+            sums = _zero_partials(xp, (obj.shape[0], *obj_shape), probe.dtype, chunk)
         error = FourierError(0.0, 0.0)
         for sl in batches:
             if rotation is not None:
                 chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
             probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
             obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
-            views = exit_waves(probe_views, obj_views)
-            psi = chunk.exit_waves[sl]
-            error = error + dm_exit_wave_update(
-                psi, views, chunk.amplitudes[sl], chunk.good, beta, noise_bound, centred=False
+            error = error + batch_ops.exit_wave_update(
+                chunk.exit_waves[sl],
+                probe_views,
+                obj_views,
+                chunk.corners[sl],
+                chunk.amplitudes[sl],
+                chunk.good,
+                beta,
+                noise_bound,
+                sums,
             )
-            if with_object_partials:
-                num, den = _object_terms(probe_views, psi)
-                numerator += insert_views(num, chunk.corners[sl], obj_shape)
-                denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
-        return error, numerator, denominator
+        return error, sums
 
     parts = _in_threads(work, chunk.n_views, batch_size, xp)
     error = sum((p[0] for p in parts[1:]), parts[0][0])
     if not with_object_partials:
         return error, None
-    return error, OverlapPartials(sum(p[1] for p in parts), sum(p[2] for p in parts))
-
-
-def _object_terms(probe_views: Array, psi: Array) -> tuple[Array, Array]:
-    """Per-view eq. 6 terms: conj(S_j P) psi summed over probe modes (n, M_O, H, W) and
-    |S_j P|^2 summed over probe modes (n, 1, H, W)."""
-    xp = get_array_module(psi)
-    num_views = xp.sum(xp.conj(probe_views)[:, :, None] * psi, axis=1)
-    power = xp.sum(probe_views.real**2 + probe_views.imag**2, axis=1)
-    power = xp.broadcast_to(power, (psi.shape[0], *power.shape[1:]))
-    return num_views, power[:, None]
+    return error, _sum_parts([p[1] for p in parts])
 
 
 def object_partials(
-    chunk: ViewChunk, probe: Array, obj_shape: tuple[int, int], batch_size: int = 64
+    chunk: ViewChunk,
+    probe: Array,
+    obj_shape: tuple[int, int],
+    batch_size: int = 64,
+    *,
+    ops: BatchOps | None = None,
 ) -> OverlapPartials:
     """Eq. 6 partial sums over the chunk's views.
 
     numerator[l] = sum_{k,j} E_j^H( conj(S_j P^(k)) psi_j^(k,l) )  : (M_O, Y, X) complex
     denominator  = sum_{k,j} E_j^H( |S_j P^(k)|^2 )                 : (Y, X) real
+    ops : the batch ops; None is :class:`NumpyOps`.
     """
+    batch_ops = _ops(ops)
     xp = get_array_module(probe)
     n_obj_modes = chunk.exit_waves.shape[2]
 
-    def work(batches: list[slice]) -> tuple[Array, Array]:
-        numerator = xp.zeros((n_obj_modes, *obj_shape), dtype=probe.dtype)
-        denominator = xp.zeros(obj_shape, dtype=chunk.amplitudes.dtype)
+    def work(batches: list[slice]) -> OverlapPartials:
+        sums = _zero_partials(xp, (n_obj_modes, *obj_shape), probe.dtype, chunk)
         for sl in batches:
             probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
-            num, den = _object_terms(probe_views, chunk.exit_waves[sl])
-            numerator += insert_views(num, chunk.corners[sl], obj_shape)
-            denominator += insert_views(den, chunk.corners[sl], obj_shape)[0]
-        return numerator, denominator
+            batch_ops.object_partials(chunk.exit_waves[sl], probe_views, chunk.corners[sl], sums)
+        return sums
 
-    parts = _in_threads(work, chunk.n_views, batch_size, xp)
-    return OverlapPartials(sum(p[0] for p in parts), sum(p[1] for p in parts))
+    return _sum_parts(_in_threads(work, chunk.n_views, batch_size, xp))
 
 
 def probe_partials(
-    chunk: ViewChunk, obj: Array, probe: Array, batch_size: int = 64
+    chunk: ViewChunk,
+    obj: Array,
+    probe: Array,
+    batch_size: int = 64,
+    *,
+    ops: BatchOps | None = None,
 ) -> OverlapPartials:
     """Eq. 5 partial sums over the chunk's views, in residual form.
 
@@ -244,26 +231,42 @@ def probe_partials(
     (:func:`~ptychograph.partials.regularised_step`): for integer positions (S_j = 1) this is
     exactly eq. 5, and with sub-pixel shifts it is the diagonally preconditioned least-squares
     step whose fixed point is the exact least-squares probe (the plain ratio would be biased by
-    the shifts and lets the probe drift).
+    the shifts and lets the probe drift). ops : the batch ops; None is :class:`NumpyOps`.
     """
+    batch_ops = _ops(ops)
     xp = get_array_module(obj)
     n_probe_modes = chunk.exit_waves.shape[1]
-    height, width = chunk.frame_shape
 
-    def work(batches: list[slice]) -> tuple[Array, Array]:
-        numerator = xp.zeros((n_probe_modes, height, width), dtype=obj.dtype)
-        denominator = xp.zeros((height, width), dtype=chunk.amplitudes.dtype)
+    def work(batches: list[slice]) -> OverlapPartials:
+        sums = _zero_partials(xp, (n_probe_modes, *chunk.frame_shape), obj.dtype, chunk)
         for sl in batches:
             obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
             shifter = chunk.shifter(sl, obj.dtype)
-            residual = chunk.exit_waves[sl] - exit_waves(shifter.shift(probe), obj_views)
-            num_views = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
-            numerator += shifter.sum_adjoint(num_views)
-            denominator += xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1))
-        return numerator, denominator
+            batch_ops.probe_partials(
+                chunk.exit_waves[sl], shifter.shift(probe), obj_views, shifter.ramps, sums
+            )
+        return sums
 
-    parts = _in_threads(work, chunk.n_views, batch_size, xp)
-    return OverlapPartials(sum(p[0] for p in parts), sum(p[1] for p in parts))
+    return _sum_parts(_in_threads(work, chunk.n_views, batch_size, xp))
+
+
+def _ops(ops: BatchOps | None) -> BatchOps:
+    return NumpyOps() if ops is None else ops
+
+
+def _zero_partials(
+    xp: Any, numerator_shape: tuple[int, ...], dtype: Any, chunk: ViewChunk
+) -> OverlapPartials:
+    """Zero sums to add batches into: the numerator in ``dtype``, the denominator (the
+    numerator's trailing shape) in the chunk's real dtype."""
+    numerator = xp.zeros(numerator_shape, dtype=dtype)
+    return OverlapPartials(numerator, xp.zeros(numerator_shape[1:], dtype=chunk.amplitudes.dtype))
+
+
+def _sum_parts(parts: list[Any]) -> OverlapPartials:
+    """The threads' partials added in thread order (the result does not depend on timing)."""
+    numerator = sum(p.numerator for p in parts)
+    return OverlapPartials(numerator, sum(p.denominator for p in parts))
 
 
 def _in_threads(

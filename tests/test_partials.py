@@ -11,8 +11,7 @@ import pytest
 from ptychograph.backend import fft2c
 from ptychograph.fourier import dm_exit_wave_update, fourier_error, modulus_constraint
 from ptychograph.modes import orthogonalise, power_shares
-from ptychograph.partials import FourierError, OverlapPartials, regularised_divide
-from ptychograph.partials import tree_sum
+from ptychograph.partials import FourierError, OverlapPartials, regularised_divide, tree_sum
 from ptychograph.views import (
     make_chunk,
     object_partials,
@@ -169,6 +168,7 @@ def test_fused_update_equals_update_then_object_partials() -> None:
     assert none is None
     part_a = object_partials(a, probe * 1.1, obj.shape[1:], batch_size=5)
     err_b, part_b = update_views(b, probe * 1.1, obj, 0.8, batch_size=5, noise_bound=0.5)
+    assert part_b is not None
     np.testing.assert_allclose(b.exit_waves, a.exit_waves, atol=1e-12)
     assert err_b.value == pytest.approx(err_a.value, rel=1e-12)
     np.testing.assert_allclose(part_b.numerator, part_a.numerator, atol=1e-10)

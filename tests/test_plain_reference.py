@@ -22,7 +22,6 @@ from ptychograph.views import (
     object_partials,
     probe_partials,
     update_views,
-    view_update,
 )
 
 PLAIN_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_dm.py"
@@ -78,12 +77,9 @@ def fast_iteration(
     noise_bound: float,
     fused: bool,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """One ptychograph iteration as ptychograph.solver.run_dm runs it (psi in place)."""
+    """One ptychograph iteration as the DM algorithm runs it (psi in place)."""
     partials: OverlapPartials | None = None
-    if fused:
-        error, partials = update_views(chunk, probe, obj, BETA, BATCH, None, noise_bound)
-    else:
-        error = view_update(chunk, probe, obj, BETA, BATCH, None, noise_bound)
+    error, partials = update_views(chunk, probe, obj, BETA, BATCH, None, noise_bound, fused)
     for _ in range(overlap_passes):
         if partials is None:
             partials = object_partials(chunk, probe, obj.shape[1:], BATCH)

@@ -1,125 +1,30 @@
-"""CuPy wrappers of the fused CUDA kernels in ``kernels/*.cu``.
+"""CuPy wrappers of the fused CUDA kernels in ``ptychograph/gpu/cuda/*.cu``.
 
-Each wrapper has the name, signature and result shapes of its NumPy reference in
-:mod:`ptychograph.gpu.reference` (and is tested against it on a GPU); where the reference
-returns a new array, the kernel overwrites its first argument (``modulus_constraint``,
-``exit_wave_update``, ``update_and_object_partials``) and returns it.
+Each wrapper launches one kernel on C-contiguous device arrays of one precision (complex64 or
+complex128; a mixed call is refused, not silently cast). Where a result updates an input, the
+kernel overwrites that argument (``modulus_constraint``, ``exit_wave_update``,
+``update_and_object_partials``) and returns it; ``out`` partials and sums are added into.
+:class:`ptychograph.gpu.ops.CupyOps` chains them with cuFFT into the batch ops of
+:mod:`ptychograph.ops`, and tests/test_kernels.py checks each against the NumPy reference,
+:class:`ptychograph.ops.NumpyOps` (and the package functions it is built from).
 
-=============================  ===================================================  ==========
-wrapper                        what one launch does                                 source
-=============================  ===================================================  ==========
-views_and_iterate              phi = (S_j P)(E_j O) and 2 phi - psi, all modes      exit_waves
-exit_wave_update               psi += beta (projected - phi), phi recomputed        exit_waves
-update_and_object_partials     the update fused with the eq. 6 sums (atomics)       exit_waves
-object_partials                eq. 6 numerator / denominator (atomicAdd)            exit_waves
-fourier_residuals              per-view misfit sums of F(2 phi - psi) and F phi     fourier_modulus
-modulus_constraint             eq. 4 over all modes: sum, ratio, mask, relax, scale,
-                               error terms - one pass                               fourier_modulus
-probe_terms                    per-view eq. 5 terms (elementwise)                   probe_partials
-sum_over_views                 sum over views (x conj phase ramps): a reduction     probe_partials
-object_power                   eq. 5 denominator sum_{j,l} |O_j^l|^2                probe_partials
-=============================  ===================================================  ==========
-
-:func:`dm_update` chains them with cuFFT into one exit-wave update of a batch (eqs. 3-4),
-equal to :func:`ptychograph.fourier.dm_exit_wave_update` with ``centred=False``. With a noise
-bound the constraint takes two passes over the spectrum (the per-view residual must be known
-before any pixel is scaled); with ``noise_bound = 0`` it is the single fused pass.
+One wrapper per kernel, of the same name; kernels/README.md says what each launch does and in
+which source file it lives (:data:`ptychograph.gpu.SOURCES`).
 
 CuPy is imported inside the functions only: importing this module needs no GPU, and
-``import ptychograph`` never imports it. Sources are compiled with NVRTC through
-``cupy.RawModule``, with a ``#line`` directive so compiler messages name the real file and line,
-once per file and device (both precisions are in every module: ``NAME_f32`` / ``NAME_f64``).
+``import ptychograph`` never imports it. :func:`ptychograph.gpu.launch` compiles the sources
+(found by :func:`ptychograph.gpu.kernels_dir`) on first use.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ptychograph.backend import Array
-from ptychograph.gpu.reference import noise_steps
-from ptychograph.partials import FourierError, OverlapPartials
-
-#: Environment variable naming a folder that holds the ``.cu`` files (overrides the search).
-KERNELS_ENV = "PTYCHOGRAPH_KERNELS_DIR"
-#: Kernel -> the ``kernels/`` file that defines it.
-SOURCES = {
-    "views_and_iterate": "exit_waves.cu",
-    "exit_wave_update": "exit_waves.cu",
-    "update_and_object_partials": "exit_waves.cu",
-    "object_partials": "exit_waves.cu",
-    "fourier_residuals": "fourier_modulus.cu",
-    "modulus_constraint": "fourier_modulus.cu",
-    "probe_terms": "probe_partials.cu",
-    "sum_over_views": "probe_partials.cu",
-    "object_power": "probe_partials.cu",
-}
-#: Suffix of each precision's entry point.
-SUFFIXES = {np.dtype(np.complex64): "f32", np.dtype(np.complex128): "f64"}
-COMPILE_OPTIONS = ("--std=c++17",)
-BLOCK = 256  # threads per block; the reductions need a multiple of 32
-MAX_GRID_Y = 65535  # the kernels stride over grid y, so larger batches still work
-
-
-# ------------------------------------------------------------------------- loading the sources
-def kernels_dir() -> Path:
-    """The folder holding the ``.cu`` sources.
-
-    ``$PTYCHOGRAPH_KERNELS_DIR`` if set; else ``ptychograph/gpu/cuda/`` (where a wheel would have
-    to ship them as package data - pyproject.toml does not list them yet); else the repository's
-    ``kernels/`` beside the package, which is what a source checkout or editable install uses.
-    """
-    here = Path(__file__).resolve().parent
-    env = os.environ.get(KERNELS_ENV)
-    candidates = [Path(env)] if env else [here / "cuda", here.parents[1] / "kernels"]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in set(SOURCES.values())):
-            return folder
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"CUDA kernel sources ({', '.join(sorted(set(SOURCES.values())))}) "
-        f"not found in {tried}; set {KERNELS_ENV}"
-    )
-
-
-def kernel_source(path: Path) -> str:
-    """The text of ``path`` with a ``#line`` directive, so NVRTC reports errors against it."""
-    return f'#line 1 "{path.resolve().as_posix()}"\n' + path.read_text()
-
-
-@functools.cache
-def _module(file: str, device: int) -> Any:
-    """The compiled ``cupy.RawModule`` of one source file, per device."""
-    import cupy
-
-    return cupy.RawModule(code=kernel_source(kernels_dir() / file), options=COMPILE_OPTIONS)
-
-
-def get_kernel(name: str, dtype: Any) -> Any:
-    """The ``cupy.RawKernel`` ``name`` for complex ``dtype`` on the current device."""
-    import cupy
-
-    suffix = SUFFIXES.get(np.dtype(dtype))
-    if suffix is None:
-        raise TypeError(f"kernels take complex64 or complex128 arrays, not {np.dtype(dtype)}")
-    return _function(name, suffix, int(cupy.cuda.runtime.getDevice()))
-
-
-@functools.cache
-def _function(name: str, suffix: str, device: int) -> Any:
-    return _module(SOURCES[name], device).get_function(f"{name}_{suffix}")
-
-
-def _launch(name: str, dtype: Any, n_pixels: int, rows: int, args: tuple[Any, ...]) -> None:
-    """Run ``name`` with grid x covering ``n_pixels`` and grid y over ``rows`` (strided)."""
-    if n_pixels == 0 or rows == 0:
-        return
-    grid = ((n_pixels + BLOCK - 1) // BLOCK, min(rows, MAX_GRID_Y))
-    get_kernel(name, dtype)(grid, (BLOCK,), args)
+from ptychograph.gpu import launch
+from ptychograph.partials import OverlapPartials
 
 
 def _pixels(waves: Array) -> int:
@@ -133,22 +38,12 @@ def _view_mode_rows(psi: Array) -> int:
 
 
 # ------------------------------------------------------------------------- argument handling
-def _complex_input(array: Array, dtype: Any, name: str) -> Array:
-    """A C-contiguous device array of complex ``dtype`` (refusing a silent precision change)."""
+def _input(array: Array, dtype: Any, name: str) -> Array:
+    """A C-contiguous device array of ``dtype`` (refusing a silent precision change)."""
     import cupy
 
     if np.dtype(array.dtype) != np.dtype(dtype):
         raise TypeError(f"{name} is {array.dtype}, expected {np.dtype(dtype)}")
-    return cupy.ascontiguousarray(cupy.asarray(array))
-
-
-def _real_input(array: Array, dtype: Any, name: str) -> Array:
-    """A C-contiguous device array of the real dtype matching complex ``dtype``."""
-    real = np.empty(0, dtype=dtype).real.dtype
-    if np.dtype(array.dtype) != real:
-        raise TypeError(f"{name} is {array.dtype}, expected {real}")
-    import cupy
-
     return cupy.ascontiguousarray(cupy.asarray(array))
 
 
@@ -241,30 +136,32 @@ def _spectrum_sizes(spectrum: Array) -> tuple[Any, ...]:
 def views_and_iterate(
     probe_views: Array, obj_views: Array, exit_waves: Array
 ) -> tuple[Array, Array]:
-    """phi = (S_j P)(E_j O) and 2 phi - psi; see :func:`reference.views_and_iterate`."""
+    """phi = (S_j P)(E_j O) (eq. 2) and the DM iterate 2 phi - psi (eq. 3), both new arrays
+    (n, M_P, M_O, H, W) like ``exit_waves``."""
     import cupy
 
     dtype = exit_waves.dtype
-    psi = _complex_input(exit_waves, dtype, "exit_waves")
-    probe = _complex_input(probe_views, dtype, "probe_views")
-    obj = _complex_input(obj_views, dtype, "obj_views")
+    psi = _input(exit_waves, dtype, "exit_waves")
+    probe = _input(probe_views, dtype, "probe_views")
+    obj = _input(obj_views, dtype, "obj_views")
     views, iterate = cupy.empty_like(psi), cupy.empty_like(psi)
     args = (probe, obj, psi, views, iterate, *_wave_sizes(psi, probe))
-    _launch("views_and_iterate", dtype, _pixels(psi), _view_mode_rows(psi), args)
+    launch("views_and_iterate", dtype, _pixels(psi), _view_mode_rows(psi), args)
     return views, iterate
 
 
 def exit_wave_update(
     exit_waves: Array, projected: Array, probe_views: Array, obj_views: Array, beta: float
 ) -> Array:
-    """psi += beta (projected - phi), in place; see :func:`reference.exit_wave_update`."""
+    """Eq. 3's last step in place: psi += beta (projected - phi), phi = (S_j P)(E_j O)
+    recomputed; projected : F^-1 F_c[2 phi - psi], (n, M_P, M_O, H, W)."""
     dtype = exit_waves.dtype
     psi = _in_place(exit_waves, dtype, "exit_waves")
-    proj = _complex_input(projected, dtype, "projected")
-    probe = _complex_input(probe_views, dtype, "probe_views")
-    obj = _complex_input(obj_views, dtype, "obj_views")
+    proj = _input(projected, dtype, "projected")
+    probe = _input(probe_views, dtype, "probe_views")
+    obj = _input(obj_views, dtype, "obj_views")
     args = (psi, proj, probe, obj, _real(dtype)(beta), *_wave_sizes(psi, probe))
-    _launch("exit_wave_update", dtype, _pixels(psi), _view_mode_rows(psi), args)
+    launch("exit_wave_update", dtype, _pixels(psi), _view_mode_rows(psi), args)
     return exit_waves
 
 
@@ -278,18 +175,18 @@ def update_and_object_partials(
     obj_shape: tuple[int, int],
     out: OverlapPartials | None = None,
 ) -> tuple[Array, OverlapPartials]:
-    """The update of psi (in place) fused with eq. 6's partial sums of the new psi;
-    see :func:`reference.update_and_object_partials`."""
+    """:func:`exit_wave_update` (in place) fused with eq. 6's partial sums of the new psi
+    (:func:`object_partials`), added into ``out`` (or new sums). Returns ``(psi, partials)``."""
     dtype = exit_waves.dtype
     psi = _in_place(exit_waves, dtype, "exit_waves")
-    proj = _complex_input(projected, dtype, "projected")
-    probe = _complex_input(probe_views, dtype, "probe_views")
-    obj = _complex_input(obj_views, dtype, "obj_views")
+    proj = _input(projected, dtype, "projected")
+    probe = _input(probe_views, dtype, "probe_views")
+    obj = _input(obj_views, dtype, "obj_views")
     corners = _check_windows(corners, psi.shape[-2:], obj_shape)
     partials = _partials_out(out, psi.shape[2], obj_shape, dtype)
     sums = (corners, partials.numerator, partials.denominator)
     args = (psi, proj, probe, obj, _real(dtype)(beta), *sums, *_window_sizes(psi, probe, obj_shape))
-    _launch("update_and_object_partials", dtype, _pixels(psi), _view_mode_rows(psi), args)
+    launch("update_and_object_partials", dtype, _pixels(psi), _view_mode_rows(psi), args)
     return exit_waves, partials
 
 
@@ -300,15 +197,18 @@ def object_partials(
     obj_shape: tuple[int, int],
     out: OverlapPartials | None = None,
 ) -> OverlapPartials:
-    """Eq. 6 partial sums with atomic adds; see :func:`reference.object_partials`."""
+    """Eq. 6 partial sums of a batch with atomic adds, into ``out`` (or new sums):
+    numerator[l] += sum_j E_j^H sum_k conj(S_j P^(k)) psi_j^(k,l) : (M_O, Y, X) complex,
+    denominator += sum_j E_j^H sum_k |S_j P^(k)|^2 : (Y, X) real. corners : (n, 2) int; every
+    window must lie inside the object (checked: atomics out of bounds would corrupt memory)."""
     dtype = exit_waves.dtype
-    psi = _complex_input(exit_waves, dtype, "exit_waves")
-    probe = _complex_input(probe_views, dtype, "probe_views")
+    psi = _input(exit_waves, dtype, "exit_waves")
+    probe = _input(probe_views, dtype, "probe_views")
     corners = _check_windows(corners, psi.shape[-2:], obj_shape)
     partials = _partials_out(out, psi.shape[2], obj_shape, dtype)
     sums = (corners, partials.numerator, partials.denominator)
     args = (psi, probe, *sums, *_window_sizes(psi, probe, obj_shape))
-    _launch("object_partials", dtype, _pixels(psi), _view_mode_rows(psi), args)
+    launch("object_partials", dtype, _pixels(psi), _view_mode_rows(psi), args)
     return partials
 
 
@@ -316,17 +216,20 @@ def object_partials(
 def fourier_residuals(
     iterate_spectrum: Array, model_spectrum: Array, amplitudes: Array, good: Array | None
 ) -> tuple[Array, Array, Array]:
-    """Per-view (n,) float64 misfit sums; see :func:`reference.fourier_residuals`."""
+    """Per-view sums over good pixels, each (n,) float64: sum_q (|X| - a)^2 of the iterate
+    X = F(2 phi - psi) (the noise relaxation's D_j), sum_q (a - |F phi|)^2 and sum_q a^2 (the
+    Fourier error terms), with |.| the root of the sum over all modes. Returns
+    ``(iterate_residual, model_residual, total)``."""
     import cupy
 
     dtype = iterate_spectrum.dtype
-    spectrum = _complex_input(iterate_spectrum, dtype, "iterate_spectrum")
-    model = _complex_input(model_spectrum, dtype, "model_spectrum")
-    amps = _real_input(amplitudes, dtype, "amplitudes")
+    spectrum = _input(iterate_spectrum, dtype, "iterate_spectrum")
+    model = _input(model_spectrum, dtype, "model_spectrum")
+    amps = _input(amplitudes, _real(dtype), "amplitudes")
     mask, has_mask = _mask(good)
     sums = cupy.zeros((3, spectrum.shape[0]), dtype=cupy.float64)
     args = (spectrum, model, amps, mask, has_mask, *sums, *_spectrum_sizes(spectrum))
-    _launch("fourier_residuals", dtype, _pixels(spectrum), spectrum.shape[0], args)
+    launch("fourier_residuals", dtype, _pixels(spectrum), spectrum.shape[0], args)
     return sums[0], sums[1], sums[2]
 
 
@@ -337,138 +240,78 @@ def modulus_constraint(
     model_spectrum: Array | None = None,
     step: Array | None = None,
 ) -> tuple[Array, Array, Array]:
-    """Eq. 4 over all modes in one pass, in place on ``spectrum``, with the error terms of
-    ``model_spectrum``; see :func:`reference.modulus_constraint`."""
+    """Eq. 4 over all modes in one pass, in place on ``spectrum`` (n, M_P, M_O, H, W), as
+    :func:`ptychograph.fourier.modulus_constraint`: X <- r X, r = a / sqrt(sum_{k,l} |X|^2)
+    (the ratio-free projection where that ratio is unsafe), r = 1 at bad pixels, and given
+    ``step`` (n,) real r <- 1 + step_j (r - 1) (the noise relaxation). Returns ``(spectrum,
+    model_residual, total)``: the (n,) float64 error terms of ``model_spectrum`` (F phi), zeros
+    when it is None."""
     import cupy
 
     dtype = spectrum.dtype
     data = _in_place(spectrum, dtype, "spectrum")
-    amps = _real_input(amplitudes, dtype, "amplitudes")
+    amps = _input(amplitudes, _real(dtype), "amplitudes")
     mask, has_mask = _mask(good)
     # absent inputs: flags 0 and an unread pointer of the right type
-    model = data if model_spectrum is None else _complex_input(model_spectrum, dtype, "model")
+    model = data if model_spectrum is None else _input(model_spectrum, dtype, "model")
     steps = amps if step is None else cupy.ascontiguousarray(cupy.asarray(step, _real(dtype)))
     flags = (np.int32(model_spectrum is not None), has_mask, np.int32(step is not None))
     sums = cupy.zeros((2, data.shape[0]), dtype=cupy.float64)
     args = (data, model, amps, mask, steps, *flags, *sums, *_spectrum_sizes(data))
-    _launch("modulus_constraint", dtype, _pixels(data), data.shape[0], args)
+    launch("modulus_constraint", dtype, _pixels(data), data.shape[0], args)
     return spectrum, sums[0], sums[1]
 
 
 # ------------------------------------------------------------------------------ probe partials
 def probe_terms(exit_waves: Array, probe_views: Array, obj_views: Array) -> Array:
-    """(n, M_P, H, W) per-view eq. 5 terms; see :func:`reference.probe_terms`."""
+    """Per-view eq. 5 terms before S_j^H, (n, M_P, H, W):
+    t_j^(k) = sum_l conj(O_j^(l)) (psi_j^(k,l) - O_j^(l) S_j P^(k))."""
     import cupy
 
     dtype = exit_waves.dtype
-    psi = _complex_input(exit_waves, dtype, "exit_waves")
-    probe = _complex_input(probe_views, dtype, "probe_views")
-    obj = _complex_input(obj_views, dtype, "obj_views")
+    psi = _input(exit_waves, dtype, "exit_waves")
+    probe = _input(probe_views, dtype, "probe_views")
+    obj = _input(obj_views, dtype, "obj_views")
     n, n_probe, _, height, width = psi.shape
     terms = cupy.empty((n, n_probe, height, width), dtype=dtype)
     args = (psi, probe, obj, terms, *_wave_sizes(psi, probe))
-    _launch("probe_terms", dtype, _pixels(psi), n * n_probe, args)
+    launch("probe_terms", dtype, _pixels(psi), n * n_probe, args)
     return terms
 
 
 def sum_over_views(
     waves: Array, ramps: tuple[Array, Array] | None = None, out: Array | None = None
 ) -> Array:
-    """(M, H, W) sum over views, optionally weighted by conj phase ramps (a conflict-free
-    reduction: one thread per output pixel); see :func:`reference.sum_over_views`."""
+    """(M, H, W) sum over views of ``waves`` (n, M, H, W), weighted by conj(ramp_y ramp_x)
+    given the phase ramps ((n, H, 1), (n, 1, W), as in :func:`ptychograph.operators.
+    phase_ramps`), added into ``out`` when given: a conflict-free reduction, one thread per
+    output pixel, deterministic."""
     import cupy
 
     dtype = waves.dtype
-    data = _complex_input(waves, dtype, "waves")
+    data = _input(waves, dtype, "waves")
     n, n_modes, height, width = data.shape
     total = cupy.zeros((n_modes, height, width), dtype=dtype) if out is None else out
     _in_place(total, dtype, "out", (n_modes, height, width))
     if ramps is None:
         ramp_y = ramp_x = cupy.zeros(1, dtype=dtype)  # unread
     else:
-        ramp_y, ramp_x = (_complex_input(r, dtype, "ramps").reshape(n, -1) for r in ramps)
+        ramp_y, ramp_x = (_input(r, dtype, "ramps").reshape(n, -1) for r in ramps)
     sizes = (np.int64(n), np.int32(n_modes), np.int32(height), np.int32(width))
     args = (data, ramp_y, ramp_x, np.int32(ramps is not None), total, *sizes)
-    _launch("sum_over_views", dtype, height * width, n_modes, args)
+    launch("sum_over_views", dtype, height * width, n_modes, args)
     return total
 
 
 def object_power(obj_views: Array, out: Array | None = None) -> Array:
-    """(H, W) sum_{j,l} |O_j^l|^2; see :func:`reference.object_power`."""
+    """Eq. 5 denominator of a batch, sum_{j,l} |O_j^(l)|^2 : (H, W) real (added into ``out``)."""
     import cupy
 
     dtype = obj_views.dtype
-    obj = _complex_input(obj_views, dtype, "obj_views")
+    obj = _input(obj_views, dtype, "obj_views")
     n, n_obj, height, width = obj.shape
     total = cupy.zeros((height, width), dtype=_real(dtype)) if out is None else out
     _in_place(total, _real(dtype), "out", (height, width))
     args = (obj, total, np.int64(n), np.int32(n_obj), np.int32(height * width))
-    _launch("object_power", dtype, height * width, 1, args)
+    launch("object_power", dtype, height * width, 1, args)
     return total
-
-
-def probe_partials(
-    exit_waves: Array,
-    probe_views: Array,
-    obj_views: Array,
-    ramps: tuple[Array, Array] | None = None,
-) -> OverlapPartials:
-    """Eq. 5 partial sums of a batch; see :func:`reference.probe_partials`."""
-    terms = probe_terms(exit_waves, probe_views, obj_views)
-    if ramps is None:
-        numerator = sum_over_views(terms)
-    else:
-        numerator = _ifft2(sum_over_views(_fft2(terms), ramps))
-    return OverlapPartials(numerator, object_power(obj_views))
-
-
-# ------------------------------------------------------------------------------ the DM step
-def dm_update(
-    exit_waves: Array,
-    probe_views: Array,
-    obj_views: Array,
-    amplitudes: Array,
-    good: Array | None,
-    beta: float,
-    noise_bound: float = 0.0,
-    corners: Array | None = None,
-    obj_shape: tuple[int, int] | None = None,
-) -> tuple[Array, FourierError, OverlapPartials | None]:
-    """One exit-wave update of a batch (eqs. 3-4), psi updated in place; the kernels of
-    :func:`reference.dm_update` around in-place cuFFT transforms, so the scratch is two
-    psi-sized batch buffers (phi -> F phi, and 2 phi - psi -> X -> F_c X -> F^-1 F_c X).
-
-    Given ``corners`` and ``obj_shape`` the last kernel also sums the eq. 6 partials.
-    Returns psi, the Fourier error terms of phi and the partials (or None).
-    """
-    views, iterate = views_and_iterate(probe_views, obj_views, exit_waves)
-    model = _fft2(views)
-    spectrum = _fft2(iterate)
-    if noise_bound > 0:
-        iterate_residual, residual, total = fourier_residuals(spectrum, model, amplitudes, good)
-        step = noise_steps(iterate_residual, good, noise_bound, amplitudes.shape[1:])
-        modulus_constraint(spectrum, amplitudes, good, step=step)
-    else:
-        _, residual, total = modulus_constraint(spectrum, amplitudes, good, model)
-    del model, views
-    projected = _ifft2(spectrum)
-    error = FourierError(float(residual.sum()), float(total.sum()))
-    if corners is None or obj_shape is None:
-        return exit_wave_update(exit_waves, projected, probe_views, obj_views, beta), error, None
-    psi, partials = update_and_object_partials(
-        exit_waves, projected, probe_views, obj_views, beta, corners, obj_shape
-    )
-    return psi, error, partials
-
-
-def _fft2(x: Array) -> Array:
-    """Unitary FFT over the last two axes, in place where cuFFT allows (x is scratch)."""
-    import cupyx.scipy.fft
-
-    return cupyx.scipy.fft.fft2(x, norm="ortho", overwrite_x=True)
-
-
-def _ifft2(x: Array) -> Array:
-    import cupyx.scipy.fft
-
-    return cupyx.scipy.fft.ifft2(x, norm="ortho", overwrite_x=True)

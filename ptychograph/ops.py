@@ -1,0 +1,163 @@
+"""The per-batch bodies of a DM iteration behind named ops, one implementation per backend.
+
+:mod:`ptychograph.views` owns a chunk's batching, threading and summing; for each batch of views
+it gathers the shifted probe S_j P and the object views E_j O and calls one of the three methods
+of :class:`BatchOps`. A worker picks its ops once (:func:`select_ops`); nothing else knows which
+backend runs:
+
+* :class:`NumpyOps` - the one NumPy reference of every batch step, written with the array module
+  of its inputs (so it also runs, unfused, on CuPy arrays). The CUDA kernels are tested against
+  it (tests/test_kernels.py).
+* :class:`ptychograph.gpu.ops.CupyOps` - the same methods with the fused CUDA kernels of
+  :mod:`ptychograph.gpu.kernels`; imported only when asked for, so ``import ptychograph`` needs
+  neither CuPy nor a GPU.
+
+Shapes, for a batch of ``n`` views with ``M_P`` probe and ``M_O`` object modes, frames H x W and
+an object Y x X: exit waves psi : (n, M_P, M_O, H, W) complex (updated in place, so a C-contiguous
+slice of the chunk's array); probe views S_j P : (n or 1, M_P, H, W) (1: one probe for every
+view, integer positions); object views E_j O : (n, M_O, H, W); corners : (n, 2) int64;
+amplitudes sqrt(I) : (n, H, W) real and the mask ``good`` : (H, W) bool or None, both in FFT
+order (zero frequency at [0, 0]); ramps : the batch's sub-pixel phase ramps
+(:attr:`ptychograph.operators.SubpixelShift.ramps`), None for integer positions.
+The ``out`` partials are added into in place (their arrays; the value itself is frozen) and
+returned. Equations: docs/design.md, "One DM iteration" (Dong et al., arXiv:1808.10375,
+eqs. 2-6); the layer: docs/design.md, "Seams".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from ptychograph.backend import Array, get_array_module
+from ptychograph.fourier import dm_exit_wave_update
+from ptychograph.operators import exit_waves as form_views
+from ptychograph.operators import insert_views, sum_unshifted
+from ptychograph.partials import FourierError, OverlapPartials
+
+BACKENDS = ("numpy", "cupy")
+
+
+@runtime_checkable
+class BatchOps(Protocol):
+    """What a worker runs on one batch of its resident views."""
+
+    name: str
+
+    def exit_wave_update(
+        self,
+        exit_waves: Array,
+        probe_views: Array,
+        obj_views: Array,
+        corners: Array,
+        amplitudes: Array,
+        good: Array | None,
+        beta: float,
+        noise_bound: float = 0.0,
+        out: OverlapPartials | None = None,
+    ) -> FourierError:
+        """Eqs. 3-4 in place: psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi), phi = (S_j P)(E_j O).
+
+        noise_bound : the relaxation of :func:`ptychograph.fourier.modulus_constraint`.
+        Given ``out`` (object partials: numerator (M_O, Y, X), denominator (Y, X)), the eq. 6
+        terms of the new psi are added into it, fused with the update (:meth:`object_partials`).
+        Returns the Fourier error terms of phi (before the update).
+        """
+        ...
+
+    def object_partials(
+        self, exit_waves: Array, probe_views: Array, corners: Array, out: OverlapPartials
+    ) -> OverlapPartials:
+        """Eq. 6 terms of the batch, added into ``out``:
+        numerator[l] += sum_j E_j^H sum_k conj(S_j P^(k)) psi_j^(k,l) : (M_O, Y, X) complex,
+        denominator  += sum_j E_j^H sum_k |S_j P^(k)|^2                : (Y, X) real.
+        """
+        ...
+
+    def probe_partials(
+        self,
+        exit_waves: Array,
+        probe_views: Array,
+        obj_views: Array,
+        ramps: tuple[Array, Array] | None,
+        out: OverlapPartials,
+    ) -> OverlapPartials:
+        """Eq. 5 terms of the batch in residual form, added into ``out``:
+        numerator[k] += sum_j S_j^H sum_l conj(O_j^(l)) (psi_j^(k,l) - O_j^(l) S_j P^(k))
+        : (M_P, H, W) complex; denominator += sum_{j,l} |O_j^(l)|^2 : (H, W) real,
+        with O_j^(l) = E_j O^(l).
+        """
+        ...
+
+
+class NumpyOps:
+    """The NumPy reference of every batch step (array-module generic, unfused)."""
+
+    name = "numpy"
+
+    def exit_wave_update(
+        self,
+        exit_waves: Array,
+        probe_views: Array,
+        obj_views: Array,
+        corners: Array,
+        amplitudes: Array,
+        good: Array | None,
+        beta: float,
+        noise_bound: float = 0.0,
+        out: OverlapPartials | None = None,
+    ) -> FourierError:
+        """See :meth:`BatchOps.exit_wave_update`."""
+        views = form_views(probe_views, obj_views)
+        error = dm_exit_wave_update(
+            exit_waves, views, amplitudes, good, beta, noise_bound, centred=False
+        )
+        if out is not None:
+            self.object_partials(exit_waves, probe_views, corners, out)
+        return error
+
+    def object_partials(
+        self, exit_waves: Array, probe_views: Array, corners: Array, out: OverlapPartials
+    ) -> OverlapPartials:
+        """See :meth:`BatchOps.object_partials`."""
+        xp = get_array_module(exit_waves)
+        obj_shape = tuple(out.denominator.shape)
+        numerator = xp.sum(xp.conj(probe_views)[:, :, None] * exit_waves, axis=1)
+        power = xp.sum(probe_views.real**2 + probe_views.imag**2, axis=1)  # (n or 1, H, W)
+        power = xp.broadcast_to(power, (exit_waves.shape[0], *power.shape[1:]))[:, None]
+        _add_into(out.numerator, insert_views(numerator, corners, obj_shape))
+        _add_into(out.denominator, insert_views(power, corners, obj_shape)[0])
+        return out
+
+    def probe_partials(
+        self,
+        exit_waves: Array,
+        probe_views: Array,
+        obj_views: Array,
+        ramps: tuple[Array, Array] | None,
+        out: OverlapPartials,
+    ) -> OverlapPartials:
+        """See :meth:`BatchOps.probe_partials`."""
+        xp = get_array_module(exit_waves)
+        residual = exit_waves - form_views(probe_views, obj_views)
+        terms = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
+        _add_into(out.numerator, sum_unshifted(terms, ramps))
+        _add_into(out.denominator, xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1)))
+        return out
+
+
+def select_ops(backend: str) -> BatchOps:
+    """The batch ops of a backend: ``"numpy"`` -> :class:`NumpyOps`, ``"cupy"`` ->
+    :class:`ptychograph.gpu.ops.CupyOps` (imported here, on first use; constructing it needs
+    neither CuPy nor a device, running it needs both)."""
+    if backend == "numpy":
+        return NumpyOps()
+    if backend == "cupy":
+        from ptychograph.gpu.ops import CupyOps
+
+        return CupyOps()
+    raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+
+
+def _add_into(total: Array, batch: Array) -> None:
+    """total += batch, in place (``total`` is an array held by frozen partials)."""
+    get_array_module(total).add(total, batch, out=total)
