@@ -1,5 +1,5 @@
-// Exit-wave kernels of one Difference Map step around the FFTs (DESIGN.md steps 1, 2 and 4;
-// Dong et al., arXiv:1808.10375, eqs. 2, 3 and 6). NumPy references: ptychograph/gpu/reference.py.
+// Exit-wave kernels of one Difference Map step around the FFTs (docs/design.md steps 1, 2 and 4;
+// Dong et al., arXiv:1808.10375, eqs. 2, 3 and 6). NumPy reference: ptychograph.ops.NumpyOps.
 //
 //   views_and_iterate           phi = (S_j P^k)(E_j O^l)  and  2 phi - psi, all modes    (eqs. 2, 3)
 //   exit_wave_update            psi += beta (F^-1 F_c[2 phi - psi] - phi), phi recomputed (eq. 3)
@@ -19,7 +19,7 @@
 // k stay in registers and each object pixel receives one atomicAdd per view and object mode.
 //
 // Self-contained (no includes) so that both nvcc (CI: .ci/compile-kernels.sh) and NVRTC
-// (cupy.RawModule, ptychograph/gpu/kernels.py) compile it as it is.
+// (cupy.RawModule, ptychograph/gpu/__init__.py) compile it as it is.
 
 // ------------------------------------------------------------------------ complex helpers
 // Built from the members rather than make_float2 / make_double2, so NVRTC needs no header.

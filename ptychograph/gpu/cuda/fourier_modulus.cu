@@ -1,6 +1,6 @@
-// The shared multi-mode Fourier-modulus constraint and its error terms (DESIGN.md steps 3 and 5;
-// Dong et al., arXiv:1808.10375, eq. 4; Thibault & Menzel, Nature 494 (2013)).
-// NumPy references: ptychograph/gpu/reference.py.
+// The shared multi-mode Fourier-modulus constraint and its error terms (docs/design.md steps 3
+// and 5; Dong et al., arXiv:1808.10375, eq. 4; Thibault & Menzel, Nature 494 (2013)).
+// NumPy reference: ptychograph.fourier (through ptychograph.ops.NumpyOps).
 //
 //   modulus_constraint  in one pass per pixel: X2 = sum_m |X^m|^2 over all M = M_P * M_O modes,
 //                       ratio = a / sqrt(X2) (1 at masked pixels), optionally relaxed per view

@@ -1,5 +1,5 @@
-// Probe partial sums in residual form (DESIGN.md step 4; Dong et al., arXiv:1808.10375, eq. 5;
-// ptychograph.views.probe_partials). NumPy references: ptychograph/gpu/reference.py.
+// Probe partial sums in residual form (docs/design.md step 4; Dong et al., arXiv:1808.10375,
+// eq. 5). NumPy reference: ptychograph.ops.NumpyOps.probe_partials.
 //
 //   probe_terms     per view, elementwise: t_j^k = sum_l conj(O_j^l) (psi_j^(k,l) - O_j^l S_j P^k)
 //   sum_over_views  the reduction over views: out^k += sum_j t_j^k, or, given the sub-pixel
