@@ -1,7 +1,8 @@
 """The shared Fourier-modulus constraint and the Difference Map exit-wave update.
 
-docs/design.md, "Step 2" (Dong et al. eq. 3) and "Step 3" (eq. 4); Thibault et al., Ultramicroscopy 109
-(2009), doi:10.1016/j.ultramic.2008.12.011, for DM; Thibault & Menzel, Nature 494 (2013),
+docs/design.md, "Step 2" (Dong et al. eq. 3) and "Step 3" (eq. 4); Thibault et al.,
+Ultramicroscopy 109 (2009), doi:10.1016/j.ultramic.2008.12.011, for DM; Thibault & Menzel,
+Nature 494 (2013),
 doi:10.1038/nature11806, for the incoherent sum over modes.
 """
 
@@ -80,7 +81,7 @@ def _plain_ratio_safe(power: Array, model: Array, amplitudes: Array) -> Array:
 
     power : (N, H, W) sum of squares over the modes, safe when normal and finite (no square
     lost to underflow or overflow); model : its root; amplitudes : a. The kernel in
-    kernels/fourier_modulus.cu tests the same three conditions.
+    ptychograph/gpu/cuda/fourier_modulus.cu tests the same three conditions.
     """
     info = np.finfo(power.dtype)
     safe = (power >= info.tiny) & (power <= info.max)

@@ -1,4 +1,5 @@
-"""From sample positions in metres to view origins in object pixels (docs/design.md, "Geometry and CXI input").
+"""From sample positions in metres to view origins in object pixels
+(docs/design.md, "Geometry and CXI input").
 
 Default orientation: translation x -> object column, y -> object row. View j covers the object
 from (y_j, x_j) / pixel after the smallest position is moved to a margin. ``swap_xy``,

@@ -205,7 +205,7 @@ def cuda_device() -> bool:
 def test_cuda_kernel_guard_equals_numpy(
     dtype: type, probe_modes: int, kind: str, masked: bool, relaxed: bool
 ) -> None:
-    """kernels/fourier_modulus.cu takes the same safe and extreme paths as the package."""
+    """gpu/cuda/fourier_modulus.cu takes the same safe and extreme paths as the package."""
     import cupy
 
     from ptychograph.gpu import kernels

@@ -1,4 +1,5 @@
-"""Read and write CXI 1.x ptychography files (docs/design.md, "Geometry and CXI input"; Maia, Nat. Methods 2012).
+"""Read and write CXI 1.x ptychography files
+(docs/design.md, "Geometry and CXI input"; Maia, Nat. Methods 2012).
 
 :func:`read_cxi` checks every dataset it uses and raises :class:`InputError` naming the HDF5
 path and the problem. :func:`write_cxi` writes a file that :func:`read_cxi` (and other CXI
