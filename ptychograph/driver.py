@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptychograph.algorithms.base import IterationStats, Stage, stage_of
+from ptychograph.algorithms.fit import model_error_task
 from ptychograph.errors import Diverged
 from ptychograph.executors import RunExecutor, WorkerLost
 from ptychograph.state import History, State, SyncPoint, accumulate, window_start
@@ -153,8 +154,36 @@ class Driver:
             self.callback(len(history), history)
 
 
-def final_state(sync: SyncPoint) -> State:
-    """The result: the average over the window when it holds two or more iterates, else the
-    last state."""
+@dataclass(frozen=True)
+class Final:
+    """The returned estimates: ``state``, which candidate it is (``"average"`` of the window or
+    ``"last"`` iterate) and the model error R of each candidate that was compared."""
+
+    state: State
+    chosen: str
+    model_error: dict[str, float]
+
+
+def choose_final(executor: RunExecutor, sync: SyncPoint) -> Final:
+    """The average over the window when it holds two or more iterates and its model fits the
+    data at least as well as the last iterate's (model error R on the resident views), else
+    the last iterate. Averaging mixes re-orthogonalised modes and a drifting global phase, so
+    on some data it fits worse; a run never returns estimates worse than its last iterate."""
     averaged = sync.averaged()
-    return sync.state if averaged is None else averaged
+    if averaged is None:
+        return Final(sync.state, "last", {})
+    errors: dict[str, float] = {}
+    for name, state in (("last", sync.state), ("average", averaged)):
+        handle = executor.publish(state)
+        terms = executor.fetch(executor.map_reduce(model_error_task, handle, key=f"fit-{name}"))
+        errors[name] = float(terms.value)
+    if math.isfinite(errors["average"]) and errors["average"] <= errors["last"]:
+        return Final(averaged, "average", errors)
+    log.warning(
+        "the average of the last %d iterates fits the data worse (R %.4g) than the last "
+        "iterate (R %.4g): returning the last iterate",
+        sync.average_count,
+        errors["average"],
+        errors["last"],
+    )
+    return Final(sync.state, "last", errors)

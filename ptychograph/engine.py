@@ -24,7 +24,7 @@ from ptychograph.backend import complex_dtype, real_dtype
 from ptychograph.checkpoint import load_checkpoint, save_checkpoint
 from ptychograph.cluster import open_client
 from ptychograph.config import Config, load_config, parse_config
-from ptychograph.driver import Callback, Driver, DriverSettings, SyncHook, final_state
+from ptychograph.driver import Callback, Driver, DriverSettings, SyncHook, choose_final
 from ptychograph.errors import InputError
 from ptychograph.executors import RunExecutor
 from ptychograph.executors.dask import DaskExecutor
@@ -60,8 +60,9 @@ def drive(
     start = start or SyncPoint(problem.state)
     if start.state.origins is None:
         start = dataclasses.replace(start, state=start.state.replace(origins=problem.origins))
-    final = driver.run(start)
-    return Result(final_state(final), final.history, problem, config)
+    last = driver.run(start)
+    final = choose_final(executor, last)
+    return Result(final.state, last.history, problem, config, final.chosen, final.model_error)
 
 
 def load_validated(config: Config) -> tuple[Scan, list[str]]:

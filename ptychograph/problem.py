@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -94,12 +94,18 @@ class Problem:
 
 @dataclass(frozen=True)
 class Result:
-    """A finished reconstruction: final state, history and the problem it solved."""
+    """A finished reconstruction: final state, history and the problem it solved.
+
+    chosen : which candidate ``state`` is ("average" of the last iterates or "last" iterate);
+    model_error : the model error R of each candidate compared (empty when there was one).
+    """
 
     state: State
     history: History
     problem: Problem
     config: Config
+    chosen: str = "last"
+    model_error: dict[str, float] = field(default_factory=dict)
 
 
 def prepare(summary: ScanSummary | Scan, config: Config) -> Problem:

@@ -8,7 +8,9 @@ Layout (dimension names as in every docstring of the package):
 * ``fourier_error``, ``probe_change``, ``object_change``, ``iteration_seconds`` (iteration);
 * ``probe_mode_power`` (probe_mode), shares of orthogonalised modes summing to 1;
 * coordinates ``y``, ``x``, ``py``, ``px`` in metres; attrs ``config`` (the resolved config),
-  ``geometry``, ``ptychograph_version``.
+  ``geometry``, ``ptychograph_version``, ``final_estimate`` ("average" of the last iterates or
+  the "last" iterate, whichever model fits the data better) and ``model_error_average`` /
+  ``model_error_last`` (R = sum (sqrt I - |F P O|)^2 / sum I) when both were compared.
 
 A store is written to a hidden folder beside the target and renamed into place only when
 complete, so a failed run never leaves a partial store nor touches an existing one.
@@ -83,6 +85,9 @@ def result_dataset(result: Result) -> xr.Dataset:
     ds.attrs["geometry"] = geometry.as_dict()
     ds.attrs["ptychograph_version"] = __version__
     ds.attrs["iterations"] = int(state.iteration)
+    ds.attrs["final_estimate"] = result.chosen
+    for name, value in result.model_error.items():
+        ds.attrs[f"model_error_{name}"] = value
     return ds
 
 

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ptychograph.backend import Array, fft_workers, get_array_module, single_fft_worker
+from ptychograph.backend import Array, fft2, fft_workers, get_array_module, single_fft_worker
+from ptychograph.fourier import fourier_error
 from ptychograph.operators import SubpixelShift, exit_waves, extract_views
 from ptychograph.ops import BatchOps, NumpyOps
 from ptychograph.partials import FourierError, OverlapPartials
@@ -81,6 +82,19 @@ def current_views(chunk: ViewChunk, sl: slice, probe: Array, obj: Array) -> Arra
     probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
     obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
     return exit_waves(probe_views, obj_views)
+
+
+def model_error(chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64) -> FourierError:
+    """Fourier error terms of the model P O itself (not of psi) over the chunk's views:
+    sum_q (sqrt(I_j) - |F phi_j|)^2 and sum_q I_j on good pixels (docs/design.md, "Step 5").
+
+    probe : (M_P, H, W), obj : (M_O, Y, X). psi is not touched.
+    """
+    total = FourierError(0.0, 0.0)
+    for sl in _batches(chunk.n_views, batch_size):
+        spectrum = fft2(current_views(chunk, sl, probe, obj), overwrite=True)
+        total = total + fourier_error(spectrum, chunk.amplitudes[sl], chunk.good)
+    return total
 
 
 def make_chunk(

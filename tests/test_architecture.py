@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"views"},
     {"state", "problem"},
     {"resident"},
-    {"algorithms", "algorithms.base", "algorithms.dm"},
+    {"algorithms", "algorithms.base", "algorithms.dm", "algorithms.fit"},
     {"cluster", "executors", "executors.local", "executors.placement", "executors.worker"}
     | {"executors.dask"},
     {"driver"},

@@ -173,3 +173,45 @@ def test_a_new_algorithm_chains_after_dm_without_driver_changes(scan_path, tmp_p
     after_dm = dm_only.run(SyncPoint(problem.state))
     np.testing.assert_array_equal(final.state.probe, after_dm.state.probe)
     assert not np.allclose(final.state.obj, after_dm.state.obj)
+
+
+# ---------------------------------------------------------------- the returned estimates
+def _model_error(state: State, scan, problem) -> float:  # type: ignore[no-untyped-def]
+    from ptychograph.algorithms.fit import model_error_task
+
+    executor = LocalExecutor.from_frames(np.sqrt(scan.frames), problem.origins, None, 16)
+    executor.reset(state)
+    return float(executor.map_reduce(model_error_task, state).value)
+
+
+def test_returned_state_fits_at_least_as_well_as_the_last_iterate(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ptychograph.engine import load_validated
+
+    config = _config(scan_path, tmp_path / "r.zarr", iterations=10, probe_modes=3, average_last=0.5)
+    result = reconstruct_in_process(config, n_chunks=2)
+    assert set(result.model_error) == {"average", "last"}
+    assert result.chosen in ("average", "last")
+    best = min(result.model_error.values())
+    assert result.model_error[result.chosen] == best
+    scan, _ = load_validated(config)
+    # the recorded R is the R of the returned state, computed afresh
+    assert _model_error(result.state, scan, result.problem) == pytest.approx(best, rel=1e-6)
+
+
+def test_a_worse_average_is_not_returned(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ptychograph.driver import choose_final
+    from ptychograph.engine import load_validated
+
+    config = _config(scan_path, tmp_path / "r.zarr")
+    scan, _ = load_validated(config)
+    problem = prepare(scan, config)
+    executor = LocalExecutor.from_frames(np.sqrt(scan.frames), problem.origins, None, 16)
+    executor.reset(problem.state)
+    good = problem.state
+    bad = good.replace(obj=good.obj * 0.3)  # summed twice: an average of 0.3 |O|
+    sync = SyncPoint(good, bad.replace(obj=bad.obj * 2, probe=good.probe * 2), 2)
+    final = choose_final(executor, sync)
+    assert final.chosen == "last" and final.state is good
+    assert final.model_error["average"] > final.model_error["last"]
+    better = SyncPoint(bad, good.replace(obj=good.obj * 2, probe=good.probe * 2), 2)
+    assert choose_final(executor, better).chosen == "average"
