@@ -53,10 +53,6 @@ class ResidentViews:
         """``array`` on this slot's device (None stays None)."""
         return None if array is None else self.xp.asarray(array)
 
-    @property
-    def n_views(self) -> int:
-        return sum(c.n_views for c in self.chunks) + sum(int(a.shape[0]) for a, _ in self.pending)
-
 
 def reset_views(views: ResidentViews, state: State) -> int:
     """psi = P O from ``state`` for every resident view, including views loaded since the last

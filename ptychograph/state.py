@@ -36,11 +36,6 @@ class State:
         """A copy with ``changes`` (dataclasses.replace)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
-    def to_host(self) -> State:
-        """The same state with NumPy arrays."""
-        rotation = None if self.rotation is None else to_host(self.rotation)
-        return replace(self, probe=to_host(self.probe), obj=to_host(self.obj), rotation=rotation)
-
     def nonfinite(self) -> str | None:
         """The name of the first estimate holding NaN or Inf, or None when all are finite."""
         for name, value in (("probe", self.probe), ("object", self.obj)):

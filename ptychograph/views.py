@@ -14,9 +14,11 @@ Equations: docs/design.md, "One DM iteration" (Dong et al., arXiv:1808.10375, eq
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any, TypeVar
 
 import numpy as np
@@ -277,10 +279,9 @@ def _zero_partials(
     return OverlapPartials(numerator, xp.zeros(numerator_shape[1:], dtype=chunk.amplitudes.dtype))
 
 
-def _sum_parts(parts: list[Any]) -> OverlapPartials:
+def _sum_parts(parts: list[OverlapPartials]) -> OverlapPartials:
     """The threads' partials added in thread order (the result does not depend on timing)."""
-    numerator = sum(p.numerator for p in parts)
-    return OverlapPartials(numerator, sum(p.denominator for p in parts))
+    return reduce(operator.add, parts)
 
 
 def _in_threads(

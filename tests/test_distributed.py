@@ -17,7 +17,7 @@ from distributed import Client, LocalCluster
 from ptychograph.config import parse_config
 from ptychograph.engine import reconstruct, reconstruct_in_process
 from ptychograph.errors import InputError
-from ptychograph.executors.placement import assign_ranges
+from ptychograph.executors.placement import assign_ranges, reassign
 from ptychograph.io.cxi import write_cxi
 from ptychograph.simulate import SimulationConfig, simulate
 
@@ -95,6 +95,16 @@ def test_auto_modes_same_in_process_and_on_the_cluster(cluster_client, scan_path
     assert result.state.probe.shape == reference.state.probe.shape
     assert _rel(result.state.obj, reference.state.obj) < TOLERANCE["double"]
     assert _rel(result.state.probe, reference.state.probe) < TOLERANCE["double"]
+
+
+def test_reassign_moves_lost_frames_and_keeps_no_empty_worker() -> None:
+    placement = {"a": [(0, 10)], "b": [(10, 20), (20, 25)]}
+    kept, moved = reassign(placement, ["a", "c", "d", "e"], None)
+    # the new workers take the lost ranges first; a spare left without frames is not kept
+    assert moved == {"c": [(10, 20)], "d": [(20, 25)]}
+    assert kept == {"a": [(0, 10)], "c": [(10, 20)], "d": [(20, 25)]}
+    with pytest.raises(InputError, match="every worker of the run was lost"):
+        reassign(placement, [], None)
 
 
 def test_assign_ranges_even_and_chunk_aligned() -> None:

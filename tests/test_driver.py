@@ -215,3 +215,34 @@ def test_a_worse_average_is_not_returned(scan_path, tmp_path) -> None:  # type: 
     assert final.model_error["average"] > final.model_error["last"]
     better = SyncPoint(bad, good.replace(obj=good.obj * 2, probe=good.probe * 2), 2)
     assert choose_final(executor, better).chosen == "average"
+
+
+class NaNObject:
+    """Reports finite metrics but leaves NaN in the object: the sync-point check catches it."""
+
+    name = "nan-object"
+
+    def iterate(self, executor: Executor, state: Handle, iteration: int) -> tuple[Handle, Handle]:
+        new = executor.apply(_nan_object, state, iteration, key="n")
+        return new, executor.apply(lambda: IterationStats(0.1, 0.0, 0.0), key="s")
+
+
+def _nan_object(state: State, iteration: int) -> State:
+    obj = state.obj.copy()
+    obj[0, 0, 0] = np.nan
+    return state.replace(obj=obj, iteration=iteration + 1)
+
+
+def test_a_nonfinite_state_with_finite_metrics_stops_at_the_sync_point(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ptychograph.engine import load_validated
+
+    config = _config(scan_path, tmp_path / "r.zarr")
+    scan, _ = load_validated(config)
+    problem = prepare(scan, config)
+    executor = LocalExecutor.from_frames(np.sqrt(scan.frames), problem.origins, None, 16)
+    seen: list[int] = []
+    hook = SyncHook(1, lambda sync: seen.append(sync.iteration))  # type: ignore[func-returns-value]
+    driver = Driver(executor, [Stage(NaNObject(), 0, 6)], DriverSettings(6, 3), hooks=[hook])
+    with pytest.raises(Diverged, match="iteration 1 \\(non-finite object\\)"):
+        driver.run(SyncPoint(problem.state))
+    assert seen == []  # no hook (checkpoint) ever saw the bad state

@@ -351,3 +351,20 @@ def test_missing_chunk_file_is_refused_not_read_as_zeros(tmp_path) -> None:  # t
     chunk = next(p for p in (store / "frames" / "c").rglob("*") if p.is_file())
     chunk.unlink()
     assert len(check_store_frames(store).nonfinite_frames) == 4
+
+
+def test_a_store_whose_mask_marks_every_pixel_bad_is_refused(tmp_path: Path) -> None:
+    """The run path that uses a frames store as it is (no conversion) refuses the mask too,
+    before any cluster starts and without writing anything."""
+    from ptychograph.config import parse_config
+    from ptychograph.engine import reconstruct
+
+    scan = make_scan()
+    path = tmp_path / "frames.zarr"
+    write_frames_store(dataclasses.replace(scan, mask=np.ones_like(scan.mask)), path)
+    config = parse_config(
+        {"data": {"path": str(path)}, "output": {"path": str(tmp_path / "r.zarr")}}
+    )
+    with pytest.raises(InputError, match="every detector pixel is masked bad"):
+        reconstruct(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.zarr"]

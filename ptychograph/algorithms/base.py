@@ -34,7 +34,8 @@ class Executor(Protocol):
 @dataclass(frozen=True)
 class IterationStats:
     """Metrics of one iteration: Fourier error (docs/design.md, "Errors and changes"), relative
-    probe and object changes (eq. 7), or NaN where an algorithm has none."""
+    probe and object changes (eq. 7; 0 for an estimate the algorithm does not update). Any NaN
+    or Inf here stops the run as diverged."""
 
     error: float
     probe_change: float

@@ -60,7 +60,7 @@ def reassign(
         target = min(kept, key=lambda w: n_views(kept[w]))
         kept[target].append(rng)
         moved.setdefault(target, []).append(rng)
-    return kept, moved
+    return {w: ranges for w, ranges in kept.items() if ranges}, moved
 
 
 def select_workers(client: Any, limit: int | None, given: Sequence[str] | None) -> list[str]:
