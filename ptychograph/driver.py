@@ -179,7 +179,7 @@ def choose_final(executor: RunExecutor, sync: SyncPoint) -> Final:
         errors[name] = float(terms.value)
     if math.isfinite(errors["average"]) and errors["average"] <= errors["last"]:
         return Final(averaged, "average", errors)
-    log.warning(
+    log.info(
         "the average of the last %d iterates fits the data worse (R %.4g) than the last "
         "iterate (R %.4g): returning the last iterate",
         sync.average_count,
