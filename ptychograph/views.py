@@ -279,7 +279,7 @@ def _zero_partials(
     return OverlapPartials(numerator, xp.zeros(numerator_shape[1:], dtype=chunk.amplitudes.dtype))
 
 
-def _sum_parts(parts: list[OverlapPartials]) -> OverlapPartials:
+def _sum_parts(parts: list[Any]) -> OverlapPartials:
     """The threads' partials added in thread order (the result does not depend on timing)."""
     return reduce(operator.add, parts)
 
