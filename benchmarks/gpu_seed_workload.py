@@ -136,7 +136,18 @@ def simulate_store(args: argparse.Namespace, folder: Path) -> Path:
     return store
 
 
-def run_config(store: Path, args: argparse.Namespace, precision: str, folder: Path) -> Any:
+def run_config(
+    store: Path,
+    args: argparse.Namespace,
+    precision: str,
+    folder: Path,
+    backend: str = "cupy",
+    protocol: str = "tcp",
+    batch_size: int = 64,
+) -> Any:
+    """The seed workload's config for the store (args: iterations, modes); ``backend`` and
+    ``protocol`` of the one-worker cluster (benchmarks/gpu_check.py dry-runs it on NumPy);
+    ``batch_size`` views per batch (64 is the config default)."""
     from ptychograph.config import parse_config
 
     return parse_config(
@@ -148,43 +159,71 @@ def run_config(store: Path, args: argparse.Namespace, precision: str, folder: Pa
                 "precision": precision,
                 "overlap_passes": OVERLAP_PASSES,
                 "seed": 0,
+                "batch_size": batch_size,
             },
             "output": {
                 "path": str(folder / f"result-{precision}.zarr"),
                 "figure": False,
                 "checkpoint_every": 0,
             },
-            "cluster": {"backend": "cupy", "n_workers": 1},
+            "cluster": {"backend": backend, "n_workers": 1, "protocol": protocol},
         }
     )
 
 
-def run_on_cluster(config: Any) -> tuple[float, Any, int]:
-    """reconstruct() on a one-GPU LocalCUDACluster: (seconds, history, worker pool bytes)."""
+def run_on_cluster(
+    config: Any, progress: Any = None, client: Any = None
+) -> tuple[float, Any, int | None]:
+    """reconstruct() on a one-worker local cluster (LocalCUDACluster for ``cluster.backend:
+    cupy``), or on ``client``: (seconds, history, the largest CuPy pool of the workers, None
+    where they have no CuPy). ``progress`` : the driver's callback (iteration number, history).
+    """
     from ptychograph import reconstruct
     from ptychograph.cluster import open_client
 
-    with open_client(config.cluster) as client:
+    def worker_pool() -> int | None:  # local, so cloudpickle sends it by value
+        try:
+            import cupy
+        except ImportError:
+            return None
+        return int(cupy.get_default_memory_pool().total_bytes())
+
+    with open_client(config.cluster, client) as client:
         begin = time.perf_counter()
-        result = reconstruct(config, client=client, write=False)
+        result = reconstruct(config, client=client, write=False, progress=progress)
         seconds = time.perf_counter() - begin
-        held = max(client.run(pool_bytes).values())
-    return seconds, result.history, int(held)
+        pools = [b for b in client.run(worker_pool).values() if b is not None]
+    return seconds, result.history, max(pools) if pools else None
 
 
-def run_in_process(config: Any) -> tuple[float, Any, int]:
-    """The same driver and DM algorithm in this process, on one slot of CuPy views (whose batch
-    ops are the fused kernels, :class:`ptychograph.gpu.ops.CupyOps`), for machines without
-    dask-cuda."""
-    import cupy
+def run_in_process(
+    config: Any, backend: str = "cupy", progress: Any = None
+) -> tuple[float, Any, int | None]:
+    """The same driver and DM algorithm in this process, on one slot of views: CuPy views
+    (whose batch ops are the fused kernels, :class:`ptychograph.gpu.ops.CupyOps`) for machines
+    without dask-cuda, or NumPy views (the reference). Returns (seconds, history, the CuPy
+    pool's bytes, None on NumPy); the result itself is dropped, see :func:`run_local`."""
+    seconds, result = run_local(config, backend, progress)
+    return seconds, result.history, pool_bytes() if backend == "cupy" else None
 
+
+def run_local(
+    config: Any, backend: str, progress: Any = None, held: dict[str, int] | None = None
+) -> tuple[float, Any]:
+    """(seconds, Result) of the in-process run of :func:`run_in_process`; the seconds count
+    loading the scan, the initial guesses, the iterations and the final choice. ``held``, if
+    given, receives the bytes the views held at the end: ``resident`` (every chunk's
+    amplitudes, positions, exit waves and cached S_j P) and ``shifted`` (the cached S_j P)."""
     from ptychograph.backend import complex_dtype, real_dtype
     from ptychograph.engine import drive, load_validated
     from ptychograph.executors.local import LocalExecutor
     from ptychograph.problem import prepare
 
     rec = config.reconstruction
-    cupy.get_default_memory_pool().free_all_blocks()
+    if backend == "cupy":
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
     begin = time.perf_counter()
     scan, _ = load_validated(config)
     problem = prepare(scan, config)
@@ -196,12 +235,21 @@ def run_in_process(config: Any) -> tuple[float, Any, int]:
         problem.summary.good,
         rec.batch_size,
         rec.subpixel,
-        backend="cupy",
+        backend=backend,
     )
     del amplitudes
-    result = drive(executor, problem, config)
-    cupy.cuda.Device().synchronize()
-    return time.perf_counter() - begin, result.history, pool_bytes()
+    result = drive(executor, problem, config, progress)
+    if backend == "cupy":
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+    seconds = time.perf_counter() - begin
+    if held is not None:
+        chunks = [chunk for views in executor.slots for chunk in views.chunks]
+        held["resident"] = sum(chunk.nbytes for chunk in chunks)
+        cached = [getattr(getattr(c, "shifted", None), "views", None) for c in chunks]
+        held["shifted"] = sum(int(v.nbytes) for v in cached if v is not None)
+    return seconds, result
 
 
 def run_case(store: Path, args: argparse.Namespace, precision: str, bandwidth: float) -> CaseResult:
@@ -220,7 +268,7 @@ def run_case(store: Path, args: argparse.Namespace, precision: str, bandwidth: f
         loop_s=float(sum(seconds)),
         median_iteration_s=float(np.median(seconds)) if seconds else float("nan"),
         final_error=float(history.fourier_error[-1]) if len(history) else float("nan"),
-        pool_bytes=held,
+        pool_bytes=held or 0,
         floor_bytes=floor_bytes(args.frames, args.size, args.modes, precision),
         bandwidth=bandwidth,
     )

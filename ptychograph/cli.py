@@ -1,4 +1,4 @@
-"""Command line: ``ptychograph run | convert | info | simulate | plot | demo``.
+"""Command line: ``ptychograph run | convert | info | simulate | plot | export | demo``.
 
 Bad input of any kind ends with one line ``error: FIELD: PROBLEM`` on stderr and exit code 2,
 without a traceback and without touching existing outputs; a run that diverges (NaN or Inf)
@@ -12,15 +12,17 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from ptychograph.config import DataConfig
-from ptychograph.errors import DIVERGED_EXIT, Diverged, InputError
-from ptychograph.state import History
+from ptychograph.demo import write_simulation
+from ptychograph.errors import DIVERGED_EXIT, Diverged, InputError, as_input_error
+from ptychograph.interrupts import quiet_interrupt
+from ptychograph.progress import progress_reporter as _progress
+from ptychograph.version import __version__
 
 log = logging.getLogger("ptychograph")
 
@@ -31,15 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging()
     try:
-        return int(args.func(args))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        with quiet_interrupt():
+            return int(args.func(args))
+    except (InputError, OSError) as err:  # OSError: a path the file system refuses
+        print(f"error: {as_input_error(err)}", file=sys.stderr)
         return 2
     except Diverged as err:
         print(f"error: {err}", file=sys.stderr)
         return DIVERGED_EXIT
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        kept = f"; {err}" if str(err) else ""  # the checkpoint a run keeps
+        print(f"error: interrupted (Ctrl-C); no result written{kept}", file=sys.stderr)
         return 130
 
 
@@ -68,56 +72,129 @@ def _configure_logging() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptychograph", description=__doc__)
-    sub = parser.add_subparsers(required=True, dest="command")
+    parser = argparse.ArgumentParser(
+        prog="ptychograph",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ptychograph {__version__}")
+    sub = parser.add_subparsers(required=True, dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="reconstruct the scan described by a YAML config")
-    run.add_argument("config", type=Path)
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    run.add_argument("config", type=Path, help="YAML config (see configs/ and the README)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key, e.g. reconstruction.iterations=300 (repeatable)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    run.add_argument(
+        "--follow",
+        action="store_true",
+        help="follow a frames store still being written (data.follow: true)",
+    )
     run.add_argument(
         "--resume", action="store_true", help="continue from the run's last checkpoint"
     )
     run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser("simulate", help="simulate a scan and write it as CXI (+ truth .npz)")
-    sim.add_argument("output", type=Path, help="CXI file to write")
-    sim.add_argument("--frames", type=int, default=400)
-    sim.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    sim.add_argument("--scan", choices=["raster", "spiral"], default="spiral")
-    sim.add_argument("--overlap", type=float, default=0.7)
-    sim.add_argument("--photons", type=float, default=1e6, help="per frame; 0 = no noise")
-    sim.add_argument("--fly-blur", type=float, default=0.0, help="motion per exposure (px)")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--overwrite", action="store_true")
+    sim.add_argument("output", type=Path, help="CXI file to write (a .zarr store with --live)")
+    sim.add_argument("--frames", type=int, default=400, help="number of exposures (default 400)")
+    sim.add_argument(
+        "--size", type=int, default=64, help="frame side in detector pixels (default 64)"
+    )
+    sim.add_argument(
+        "--scan", choices=["raster", "spiral"], default="spiral", help="scan path (default spiral)"
+    )
+    sim.add_argument(
+        "--overlap",
+        type=float,
+        default=0.7,
+        help="linear overlap of neighbouring probe discs, a fraction of the probe diameter "
+        "in [0, 1) (default 0.7)",
+    )
+    sim.add_argument(
+        "--photons",
+        type=float,
+        default=1e6,
+        help="mean photons per frame (default 1e6); 0 = no noise",
+    )
+    sim.add_argument(
+        "--fly-blur",
+        type=float,
+        default=0.0,
+        help="stage motion along x during one exposure, in object pixels (default 0)",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same scan)")
+    sim.add_argument("--overwrite", action="store_true", help="replace existing files")
+    sim.add_argument("--live", action="store_true", help="write a frames store as a detector would")
+    sim.add_argument("--rate", type=float, help="with --live: frames per second written")
+    sim.add_argument("--chunk-frames", type=int, help="with --live: frames per chunk")
     sim.set_defaults(func=cmd_simulate)
 
     conv = sub.add_parser("convert", help="write a scan as a chunked Zarr frames store")
     conv.add_argument("source", type=Path, help="CXI file (or a frames store to re-chunk)")
     conv.add_argument("target", type=Path, help="Zarr store to write (e.g. frames.zarr)")
-    conv.add_argument("--chunk-frames", type=int, default=None, help="frames per chunk")
-    conv.add_argument("--nonfinite", choices=["error", "drop"], default="error")
-    conv.add_argument("--negative", choices=["error", "clip"], default="error")
-    conv.add_argument("--overwrite", action="store_true")
+    conv.add_argument(
+        "--chunk-frames", type=int, default=None, help="frames per chunk (default: ~32 MB)"
+    )
+    conv.add_argument(
+        "--nonfinite",
+        choices=["error", "drop"],
+        default="error",
+        help="frames with NaN/Inf: refuse (error) or drop them",
+    )
+    conv.add_argument(
+        "--negative",
+        choices=["error", "clip"],
+        default="error",
+        help="negative counts: refuse (error) or clip them to zero",
+    )
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing store")
     _geometry_options(conv)
     conv.set_defaults(func=cmd_convert)
 
     info = sub.add_parser("info", help="print what a scan file or frames store holds")
     info.add_argument("path", type=Path, help="CXI, HXN HDF5, .npz or frames .zarr")
     info.add_argument("--workers", type=int, default=1, help="for the memory estimate")
-    info.add_argument("--probe-modes", type=int, default=1)
-    info.add_argument("--object-modes", type=int, default=1)
-    info.add_argument("--precision", choices=["single", "double"], default="single")
+    info.add_argument("--probe-modes", type=int, default=1, help="for the memory estimate")
+    info.add_argument("--object-modes", type=int, default=1, help="for the memory estimate")
+    info.add_argument(
+        "--precision",
+        choices=["single", "double"],
+        default="single",
+        help="complex64 (single) or complex128 (double), for the memory estimate",
+    )
     _geometry_options(info)
     info.set_defaults(func=cmd_info)
 
     plot = sub.add_parser("plot", help="redraw the summary figure of a result store")
     plot.add_argument("result", type=Path, help="result .zarr")
     plot.add_argument("--out", type=Path, default=None, help="PNG (default: beside the store)")
+    plot.add_argument(
+        "--remove-phase-ramp",
+        action="store_true",
+        help="remove a linear phase ramp from the object for display (the store is unchanged)",
+    )
     plot.set_defaults(func=cmd_plot)
 
+    export = sub.add_parser("export", help="write a result store as CXI (HDF5) for other tools")
+    export.add_argument("result", type=Path, help="result .zarr")
+    export.add_argument("target", type=Path, help="CXI file to write, e.g. result.cxi")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export (never another file)"
+    )
+    export.set_defaults(func=cmd_export)
+
     demo = sub.add_parser("demo", help="simulate a small fly scan and reconstruct it")
-    demo.add_argument("--out", type=Path, default=Path("demo-output"))
-    demo.add_argument("--iterations", type=int, default=150)
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-output"), help="folder for every demo file"
+    )
+    demo.add_argument(
+        "--iterations", type=int, default=150, help="DM iterations, at least 1 (default 150)"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -126,11 +203,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ptychograph.config import load_config
     from ptychograph.engine import reconstruct
 
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, [*args.set, *(["data.follow=true"] if args.follow else [])])
     start = time.perf_counter()
+    total = None if config.data.follow else config.reconstruction.total_iterations
     result = reconstruct(
         config,
-        progress=_progress(config.reconstruction.iterations),
+        progress=_progress(total),
         overwrite=args.overwrite,
         resume=args.resume,
     )
@@ -151,46 +229,21 @@ def _shares(probe: np.ndarray) -> np.ndarray:
     return power_shares(probe)
 
 
-def _progress(total: int, stream: TextIO | None = None) -> Callable[[int, History], None]:
-    """Progress reporting: a one-line bar on a terminal, plain log lines otherwise."""
-    stream = stream if stream is not None else sys.stderr
-    every = max(1, total // 20)
-    start = time.perf_counter()
-    tty = stream.isatty()
-
-    def report(it: int, history: History) -> None:
-        elapsed = time.perf_counter() - start
-        per_it = elapsed / max(it, 1)
-        eta = per_it * (total - it)
-        error = history.fourier_error[-1]
-        if tty:
-            filled = int(30 * it / total)
-            bar = "#" * filled + "." * (30 - filled)
-            stream.write(
-                f"\r[{bar}] {it}/{total}  error {error:.3e}  {per_it:.3f} s/it  ETA {eta:.0f} s"
-            )
-            if it == total:
-                stream.write("\n")
-            stream.flush()
-        elif it == 1 or it % every == 0 or it == total:
-            log.info(
-                "iteration %d/%d  fourier error %.3e  %.3f s/it  ETA %.0f s",
-                it,
-                total,
-                error,
-                history.seconds[-1],
-                eta,
-            )
-
-    return report
-
-
 def _geometry_options(parser: argparse.ArgumentParser) -> None:
     """Geometry for NumPy inputs (or to override a file's), and the NumPy position unit."""
-    parser.add_argument("--energy-ev", type=float, default=None)
-    parser.add_argument("--distance-m", type=float, default=None)
-    parser.add_argument("--detector-pixel-m", type=float, default=None)
-    parser.add_argument("--positions-unit", choices=["m", "px"], default="m")
+    parser.add_argument("--energy-ev", type=float, default=None, help="photon energy in eV")
+    parser.add_argument(
+        "--distance-m", type=float, default=None, help="sample-detector distance in m"
+    )
+    parser.add_argument(
+        "--detector-pixel-m", type=float, default=None, help="detector pixel size in m"
+    )
+    parser.add_argument(
+        "--positions-unit",
+        choices=["m", "px"],
+        default="m",
+        help="unit of a NumPy file's positions: metres or object pixels",
+    )
 
 
 def _data_options(args: argparse.Namespace, path: Path) -> DataConfig:
@@ -246,6 +299,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from ptychograph.paths import check_folder, check_replaceable
     from ptychograph.plotting import summary_figure
     from ptychograph.results import figure_path, open_result
 
@@ -255,16 +309,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
         ds = open_result(args.result)
     except (OSError, ValueError, KeyError) as err:
         raise InputError("result", f"{args.result} is not a result store ({err})") from None
-    missing = [v for v in ("object", "probe", "probe_mode_power", "fourier_error") if v not in ds]
+    needed = ("object", "probe", "probe_mode_power", "fourier_error", "view_origin")
+    missing = [v for v in needed if v not in ds]
     if missing:
         raise InputError("result", f"{args.result} lacks {', '.join(missing)}")
     out = args.out or figure_path(args.result)
-    summary_figure(ds, out)
+    if out.suffix.lower() != ".png":
+        raise InputError("--out", f"must end in .png, got {out.name!r}")
+    check_folder(out, "--out")
+    check_replaceable(out, "figure", True, "--out")  # redraws a figure, never another file
+    try:
+        summary_figure(ds, out, remove_ramp=args.remove_phase_ramp)
+    except OSError as err:
+        raise InputError("--out", f"could not write {out} ({err.strerror or err})") from None
     log.info("wrote %s", out)
     return 0
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from ptychograph.simulate import SimulationConfig
 
     try:
@@ -273,81 +337,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             frame_size=args.size,
             scan=args.scan,
             overlap=args.overlap,
-            photons=args.photons if args.photons > 0 else None,
+            photons=None if args.photons == 0 else args.photons,
             fly_blur=args.fly_blur,
             seed=args.seed,
         )
-    except ValueError as err:
-        raise InputError("simulate", str(err).splitlines()[-1].strip()) from None
+    except ValidationError as err:
+        first = err.errors()[0]  # the option's name, not the model's field (n_frames...)
+        name = {"n_frames": "frames", "frame_size": "size"}.get(*[str(first["loc"][0])] * 2)
+        problem = f"{first['msg']} (got {first['input']})"
+        raise InputError(f"--{name.replace('_', '-')}", problem) from None
+    if args.live:
+        from ptychograph.live import simulate_live
+
+        simulate_live(config, args.output, args.rate, args.chunk_frames, args.overwrite)
+        return 0
+    for option, value in (("--rate", args.rate), ("--chunk-frames", args.chunk_frames)):
+        if value is not None:
+            raise InputError(option, "only with --live")
     write_simulation(config, args.output, args.overwrite)
     return 0
 
 
-def write_simulation(config, output: Path, overwrite: bool = False) -> Path:
-    """Simulate and write ``output`` (CXI) plus ``<stem>-truth.npz``; returns the truth path."""
-    from ptychograph.io.cxi import write_cxi
-    from ptychograph.simulate import simulate
+def cmd_export(args: argparse.Namespace) -> int:
+    from ptychograph.export import export_cxi
 
-    truth_path = output.with_name(output.stem + "-truth.npz")
-    for path in (output, truth_path):
-        if path.exists() and not overwrite:
-            raise InputError("output", f"{path} exists; pass --overwrite to replace it")
-    sim = simulate(config)
-    write_cxi(output, sim.scan)
-    tmp = truth_path.with_name("." + truth_path.name + ".tmp.npz")
-    np.savez(tmp, object=sim.obj, probe=sim.probe, view_origin=sim.origins)
-    tmp.replace(truth_path)
-    log.info(
-        "wrote %s (%d frames of %d x %d) and %s",
-        output,
-        sim.scan.n_frames,
-        config.frame_size,
-        config.frame_size,
-        truth_path,
-    )
-    return truth_path
-
-
-DEMO_CONFIG = """\
-# Written by `ptychograph demo`: a small simulated fly scan, three probe modes.
-data:
-  path: scan.cxi
-reconstruction:
-  iterations: {iterations}
-  beta: 0.8
-  probe_modes: 3
-  object_modes: 1
-  precision: single
-  seed: 0
-output:
-  path: result.zarr
-"""
+    export_cxi(args.result, args.target, overwrite=args.overwrite)
+    log.info("wrote %s", args.target)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ptychograph.config import load_config
-    from ptychograph.engine import reconstruct
-    from ptychograph.simulate import SimulationConfig
+    from ptychograph.demo import run_demo
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    sim_config = SimulationConfig(n_frames=300, frame_size=64, fly_blur=6.0, photons=1e6)
-    write_simulation(sim_config, out / "scan.cxi", overwrite=True)
-    config_path = out / "demo.yaml"
-    config_path.write_text(DEMO_CONFIG.format(iterations=args.iterations))
-    config = load_config(config_path)
-    result = reconstruct(config, progress=_progress(args.iterations), overwrite=True)
-    from ptychograph.plotting import truth_comparison
-
-    truth = np.load(out / "scan-truth.npz")
-    truth_comparison(result.state.obj, truth["object"], out / "comparison.png")
-    log.info(
-        "demo done: fourier error %.3e; see %s, %s and %s",
-        result.history.fourier_error[-1],
-        out / "result.zarr",
-        out / "result.png",
-        out / "comparison.png",
-    )
+    total = max(args.iterations, 1) + args.iterations // 3  # DM, then a third as many ML
+    run_demo(args.out, args.iterations, progress=_progress(total))
     return 0
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ptychograph.backend import gpu_count
@@ -96,12 +97,36 @@ def _security(config: ClusterConfig) -> Any:
         path = getattr(tls, name)
         if path is not None and not path.is_file():
             raise InputError(f"cluster.security.{name}", f"{path} does not exist")
+    _check_pem(tls.ca_file, tls.cert_file, tls.key_file)
     return Security(
         tls_ca_file=str(tls.ca_file),
         tls_client_cert=str(tls.cert_file),
         tls_client_key=None if tls.key_file is None else str(tls.key_file),
         require_encryption=tls.require_encryption,
     )
+
+
+def _check_pem(ca_file: Path, cert_file: Path, key_file: Path | None) -> None:
+    """Load the TLS files as Python's ssl module will, so that a bad PEM file is named
+    (``cluster.security.*``) instead of looking like an unreachable scheduler."""
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file))
+    except (ssl.SSLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or type(err).__name__
+        raise InputError(
+            "cluster.security.ca_file", f"{ca_file} is not a PEM certificate ({reason})"
+        ) from None
+    try:
+        context.load_cert_chain(str(cert_file), None if key_file is None else str(key_file))
+    except (ssl.SSLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or type(err).__name__
+        field = "cert_file" if key_file is None else "cert_file/key_file"
+        raise InputError(
+            f"cluster.security.{field}",
+            f"{cert_file} is not a PEM certificate with its private key ({reason})",
+        ) from None
 
 
 def _probe(address: str | None, timeout: float, security: Any) -> None:
@@ -125,6 +150,13 @@ def _probe(address: str | None, timeout: float, security: Any) -> None:
         raise InputError(
             "cluster.address",
             f"{address} did not answer like a Dask scheduler within {timeout:g} s",
+        ) from None
+    except OSError:
+        raise  # nothing listening: "could not connect"
+    except Exception as err:  # noqa: BLE001 - garbage from a non-Dask service
+        raise InputError(
+            "cluster.address",
+            f"{address} answered, but not as a Dask scheduler ({type(err).__name__})",
         ) from None
 
 
@@ -150,6 +182,11 @@ def _local_cluster(config: ClusterConfig) -> Any:
         from dask_cuda import LocalCUDACluster
 
         kwargs: dict[str, Any] = {"protocol": config.protocol, "dashboard_address": dashboard}
+        if config.n_workers is not None and config.n_workers > gpu_count():
+            raise InputError(
+                "cluster.n_workers",
+                f"{config.n_workers} GPU workers asked for, but {gpu_count()} GPUs are visible",
+            )
         if config.n_workers is not None:
             kwargs["CUDA_VISIBLE_DEVICES"] = list(range(config.n_workers))
         with dask.config.set(WORKER_ENVIRON):
@@ -158,6 +195,7 @@ def _local_cluster(config: ClusterConfig) -> Any:
 
     n_workers = config.n_workers or 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    check_local_workers(n_workers, cores or 1)
     threads = config.threads_per_worker or max(1, (cores or 1) // n_workers)
     with dask.config.set(WORKER_ENVIRON):
         return LocalCluster(
@@ -174,3 +212,22 @@ def _local_cluster(config: ClusterConfig) -> Any:
 #: adaptive mmap threshold, so every large temporary array is mmapped and page-faulted anew.
 #: Measured on the demo's iteration: 1.6-2x slower. Local clusters start without it.
 WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+#: Local worker processes allowed per core, and the least memory each must have.
+WORKERS_PER_CORE = 4
+MEMORY_PER_WORKER = 256 * 2**20
+
+
+def check_local_workers(n_workers: int, cores: int) -> None:
+    """Refuse more local worker processes than this machine can hold (at most
+    :data:`WORKERS_PER_CORE` per core and :data:`MEMORY_PER_WORKER` bytes each)."""
+    import psutil
+
+    memory = psutil.virtual_memory().total
+    limit = max(1, min(WORKERS_PER_CORE * cores, memory // MEMORY_PER_WORKER))
+    if n_workers > limit:
+        raise InputError(
+            "cluster.n_workers",
+            f"{n_workers} local worker processes on a machine with {cores} cores and "
+            f"{memory / 2**30:.0f} GiB; use at most {limit} (or cluster.address for a cluster)",
+        )

@@ -7,6 +7,8 @@ so a bad file fails when it is loaded. :func:`load_config` turns every problem i
 
 from __future__ import annotations
 
+import reprlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +22,11 @@ from pydantic import (
 
 from ptychograph.config_cluster import ClusterConfig
 from ptychograph.config_cluster import Section as _Section
+from ptychograph.config_live import FollowConfig
+from ptychograph.config_reconstruction import ReconstructionConfig
 from ptychograph.errors import InputError
+from ptychograph.paths import absolute
+from ptychograph.yamlfile import check_size, read_mapping
 
 
 class GeometryConfig(_Section):
@@ -55,72 +61,7 @@ class DataConfig(_Section):
     negative: Literal["error", "clip"] = Field(
         "error", description="Negative counts: refuse the run, or clip them to zero."
     )
-
-
-class ReconstructionConfig(_Section):
-    """The Difference Map iteration (docs/design.md, "One DM iteration")."""
-
-    @field_validator("probe_modes")
-    @classmethod
-    def _mode_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 32:
-            raise ValueError(f"must be between 1 and 32 or 'auto', got {value}")
-        return value
-
-    @property
-    def start_probe_modes(self) -> int:
-        """Probe modes at the start: the number asked for, or max_probe_modes for auto (also
-        the most the run holds, which memory planning uses)."""
-        return self.max_probe_modes if self.probe_modes == "auto" else int(self.probe_modes)
-
-    iterations: int = Field(200, ge=1, le=1_000_000, description="DM iterations.")
-    beta: float = Field(0.8, gt=0.0, le=1.0, description="DM feedback (1 = classic DM).")
-    probe_modes: int | Literal["auto"] = Field(
-        1,
-        description="Number of incoherent probe modes (1-32), or auto: start with "
-        "max_probe_modes and keep those carrying at least mode_threshold of the power.",
-    )
-    mode_threshold: float = Field(
-        0.01, gt=0.0, lt=0.5, description="auto modes: least power share a kept mode carries."
-    )
-    max_probe_modes: int = Field(5, ge=2, le=32, description="auto modes: at most this many.")
-    mode_decision: float = Field(
-        0.4, gt=0.0, lt=1.0, description="auto modes: fraction of the run after which to decide."
-    )
-    object_modes: int = Field(1, ge=1, le=8, description="Number of object modes.")
-    precision: Literal["single", "double"] = Field(
-        "single", description="single = complex64, double = complex128."
-    )
-    seed: int = Field(0, ge=0, description="Seed of every random choice; fixes the run.")
-    overlap_passes: int = Field(
-        2, ge=1, le=50, description="Alternating probe/object passes per iteration."
-    )
-    probe_update_start: int = Field(
-        2, ge=0, description="Iteration from which the probe is updated (0 = from the start)."
-    )
-    regularisation: float = Field(
-        1e-2, gt=0.0, lt=1.0, description="Overlap division damping, fraction of max(denom)."
-    )
-    orthogonalise_probe: bool = Field(
-        True, description="Orthogonalise probe modes every iteration (psi rotated alike)."
-    )
-    noise_bound: float = Field(
-        1.0,
-        ge=0.0,
-        le=100.0,
-        description="Relax the Fourier constraint for views already within this many times the "
-        "Poisson noise (0 = plain eq. 4).",
-    )
-    average_last: float = Field(
-        0.2, ge=0.0, lt=1.0, description="Fraction of final iterations averaged into the result."
-    )
-    subpixel: Literal["fourier", "off"] = Field(
-        "fourier",
-        description="Sub-pixel positions: fourier (phase-ramp shift of the probe, exact "
-        "band-limited interpolation) or off (positions rounded to whole pixels).",
-    )
-    object_margin: int = Field(8, ge=0, le=4096, description="Object pixels around the scan.")
-    batch_size: int = Field(64, ge=1, le=65536, description="Views per vectorised batch.")
+    follow: bool = Field(False, description="Follow a frames store still being written (live).")
 
 
 class InitialConfig(_Section):
@@ -194,6 +135,7 @@ class Config(_Section):
     initial: InitialConfig = InitialConfig()
     output: OutputConfig = OutputConfig()
     cluster: ClusterConfig = ClusterConfig()
+    follow: FollowConfig = FollowConfig()
 
 
 def _error_line(err: ValidationError) -> InputError:
@@ -211,26 +153,18 @@ def _error_line(err: ValidationError) -> InputError:
     elif first["type"] == "value_error":
         message = str(first["msg"]).removeprefix("Value error, ")
     else:
-        message = f"{message} (got {first.get('input')!r})"
+        message = f"{message} (got {short_repr(first.get('input'))})"
     return InputError(field, message)
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping names the same key twice."""
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, safe for deep or huge values."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses repeated keys instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise DuplicateKeyError(f"duplicate key {key!r} (line {line})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
 
 
 def _is_type_tag(part: str) -> bool:
@@ -253,7 +187,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, sep, value = item.partition("=")
         parts = key.split(".")
         if not sep or not key or not all(parts):
-            raise InputError("--set", f"expected section.key=value, got {item!r}")
+            raise InputError("--set", f"expected section.key=value, got {short_repr(item)}")
         node = raw
         for part in parts[:-1]:
             child = node.setdefault(part, {})
@@ -262,77 +196,67 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         try:
             node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise InputError(key, f"value {value!r} is not valid YAML") from None
+        except (yaml.YAMLError, RecursionError):
+            raise InputError(key, f"value {short_repr(value)} is not valid YAML") from None
+        check_size(node[parts[-1]], f"--set {key[:60]}")
     return raw
 
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (safe loader), apply overrides, validate.
+    """Read a YAML config (safe loader, :mod:`ptychograph.yamlfile`), apply overrides, validate.
 
-    Relative paths in the file are taken relative to the file's folder.
+    Paths come back absolute: relative paths written in the file are taken relative to the
+    file's folder; relative paths given with ``--set``, and defaults (``output.path:
+    result.zarr``), relative to the current directory (docs/reliability.md, "Path semantics").
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError("config", f"{path} does not exist")
-    if not path.is_file():
-        raise InputError("config", f"{path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError) as err:
-        raise InputError("config", f"{path} is not a readable UTF-8 text file ({err})") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except DuplicateKeyError as err:
-        raise InputError("config", f"{path}: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError("config", f"{path} is not valid YAML{where}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError("config", f"{path} must hold a mapping of sections")
+    raw = read_mapping(path)
     raw = apply_overrides(raw, overrides or [])
     config = parse_config(raw)
-    return resolve_paths(config, path.parent)
+    given = {item.partition("=")[0] for item in overrides or []}
+    given |= {key for key in PATH_FIELDS if not _written(raw, key)}  # defaults
+    return resolve_paths(config, absolute(path.parent), Path.cwd(), given)
 
 
-def resolve_paths(config: Config, base: Path) -> Config:
-    """Make relative data/output/initial paths relative to ``base``."""
-
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p)
-
-    return config.model_copy(
-        update={
-            "data": config.data.model_copy(update={"path": fix(config.data.path)}),
-            "output": config.output.model_copy(
-                update={
-                    "path": fix(config.output.path),
-                    "checkpoint": fix(config.output.checkpoint),
-                }
-            ),
-            "cluster": _resolve_security(config.cluster, fix),
-            "initial": config.initial.model_copy(
-                update={
-                    "probe_path": fix(config.initial.probe_path),
-                    "previous": fix(config.initial.previous),
-                }
-            ),
-        }
-    )
+def _written(raw: dict[str, Any], key: str) -> bool:
+    """Whether the dotted ``key`` has a value in the raw mapping (not left at its default)."""
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or node.get(part) is None:
+            return False
+        node = node[part]
+    return True
 
 
-def _resolve_security(cluster: ClusterConfig, fix: Any) -> ClusterConfig:
-    if cluster.security is None:
-        return cluster
-    tls = cluster.security
-    fixed = tls.model_copy(
-        update={
-            "ca_file": fix(tls.ca_file),
-            "cert_file": fix(tls.cert_file),
-            "key_file": fix(tls.key_file),
-        }
-    )
-    return cluster.model_copy(update={"security": fixed})
+#: Path fields of a config, as dotted keys.
+PATH_FIELDS = (
+    "data.path",
+    "output.path",
+    "output.checkpoint",
+    "initial.probe_path",
+    "initial.previous",
+    "cluster.security.ca_file",
+    "cluster.security.cert_file",
+    "cluster.security.key_file",
+)
+
+
+def resolve_paths(
+    config: Config,
+    base: Path,
+    cli_base: Path | None = None,
+    given: Iterable[str] = (),
+) -> Config:
+    """Make every path of ``config`` absolute: against ``cli_base`` for the keys in ``given``
+    (set on the command line, or a section of them), against ``base`` for the rest."""
+    dumped = config.model_dump()
+    for key in PATH_FIELDS:
+        *sections, name = key.split(".")
+        node = dumped
+        for part in sections:
+            node = node.get(part) or {}
+        if node.get(name) is None:
+            continue
+        from_cli = any(key == g or key.startswith(g + ".") for g in given)
+        node[name] = absolute(Path(node[name]), (cli_base or base) if from_cli else base, key)
+    return Config.model_validate(dumped)

@@ -76,6 +76,15 @@ class ClusterConfig(Section):
         description="Iterations between client synchronisations: the estimates are fetched and "
         "re-sent, which cuts the task lineage so the scheduler's state stays bounded.",
     )
+    worker_timeout: float = Field(
+        60.0,
+        ge=5,
+        le=86400,
+        description="Seconds a worker may go without a heartbeat (frozen, or its node "
+        "unreachable) before the run treats it as lost and moves its frames to others; at "
+        "least 5 (Dask's heartbeats come every 0.5-2 s, later on a busy machine, and a "
+        "shorter limit takes live workers for lost ones).",
+    )
     chunk_frames: int | None = Field(
         None, ge=1, description="Frames per Zarr chunk when converting (default: ~32 MB)."
     )

@@ -9,6 +9,11 @@ checked for NaN/Inf, the hooks run (one may return a new state, after which ever
 rebuilt as psi = P O), and the state is published again as fresh data, which cuts the futures'
 lineage on a cluster so that the scheduler's state stays flat.
 
+The averaging window covers the last ``average_last`` of the first ``average_stop`` iterations
+(DM's). When a refinement stage follows (ML), ``average_stop`` is a sync point too: the better
+of the window's average and the last iterate (:func:`choose_final`) is where the refinement
+starts, and nothing is averaged after it.
+
 A lost worker restarts the run from the latest sync point (at most ``max_recoveries`` times); a
 non-finite error or estimate stops it with :class:`Diverged` before any hook sees it, so the last
 checkpoint stays the last good state.
@@ -55,13 +60,30 @@ class SyncHook:
 
 @dataclass(frozen=True)
 class DriverSettings:
-    """How the loop runs: total ``iterations``, sync and lookahead, averaging window."""
+    """How the loop runs: total ``iterations``, sync and lookahead, averaging window (the last
+    ``average_last`` of the first ``average_stop`` iterations; None: of all of them)."""
 
     iterations: int
     sync_every: int = 10
     lookahead: int = 2
     average_last: float = 0.0
     max_recoveries: int = 5
+    average_stop: int | None = None
+    #: Iterations averaged, when not ``average_last`` of ``window_stop`` (a followed scan
+    #: averages over its final iterations only).
+    window_length: int | None = None
+
+    @property
+    def window_stop(self) -> int:
+        """The iteration after which nothing is averaged."""
+        return self.iterations if self.average_stop is None else self.average_stop
+
+    @property
+    def window_first(self) -> int:
+        """The first iteration (0-based) whose estimates are averaged."""
+        if self.window_length is not None:
+            return self.window_stop - self.window_length
+        return window_start(self.window_stop, self.average_last)
 
 
 class Driver:
@@ -81,11 +103,16 @@ class Driver:
         self.callback = callback
         self.hooks = list(hooks)
         self.last_sync: SyncPoint | None = None
+        #: The choice made where the averaged stage handed over to a refinement, if it did.
+        self.handover: Final | None = None
 
-    def run(self, start: SyncPoint) -> SyncPoint:
-        """Iterate from ``start`` to ``settings.iterations``; returns the final sync point."""
+    def run(self, start: SyncPoint, fresh: bool = True) -> SyncPoint:
+        """Iterate from ``start`` to ``settings.iterations``; returns the final sync point.
+        ``fresh``: set every exit wave to P O first; False keeps them (a followed scan's next
+        stretch continues from the exit waves of the last one)."""
         self.last_sync = start
-        handle = self.executor.reset(start.state)
+        ex = self.executor
+        handle = ex.reset(start.state) if fresh else ex.publish(start.state)
         recoveries = 0
         while True:
             try:
@@ -105,21 +132,23 @@ class Driver:
     def _iterate(self, handle: Any, sync: SyncPoint) -> SyncPoint:
         ex, settings = self.executor, self.settings
         history = sync.history.copy()
-        average_from = window_start(settings.iterations, settings.average_last)
+        window_stop = settings.window_stop
+        average_from = settings.window_first
         count = sync.average_count
         total = None if sync.average is None else ex.publish(sync.average)
         pending: deque[tuple[int, Any]] = deque()
         last = time.perf_counter()
         for k in range(sync.iteration, settings.iterations):
             handle, stats = stage_of(self.plan, k).algorithm.iterate(ex, handle, k)
-            if k >= average_from:
+            if average_from <= k < window_stop:
                 total = ex.apply(accumulate, total, handle, key=f"average-{k}")
                 count += 1
             pending.append((k + 1, stats))
             done = k + 1
             last_one = done == settings.iterations
+            handover = done == window_stop and not last_one
             due = [hook for hook in self.hooks if hook.due(done, last_one)]
-            is_sync = bool(due) or done % settings.sync_every == 0 or last_one
+            is_sync = bool(due) or done % settings.sync_every == 0 or last_one or handover
             while pending and (len(pending) > settings.lookahead or is_sync):
                 number, future = pending.popleft()
                 self._report(number, ex.fetch(future), history, time.perf_counter() - last)
@@ -133,12 +162,18 @@ class Driver:
             average = None if total is None else ex.fetch(total)
             sync = self.last_sync = SyncPoint(state, average, count, history.copy())
             restart = None
+            if handover:
+                self.handover = choose_final(ex, sync)
+                if self.handover.chosen != "last":
+                    restart = self.handover.state
+                average, count = None, 0
+                sync = self.last_sync = SyncPoint(self.handover.state, None, 0, sync.history)
             for hook in due:
                 restart = hook.action(sync) or restart
             if restart is not None:
                 sync = self.last_sync = SyncPoint(restart, average, count, sync.history)
             if done < settings.iterations:
-                handle = ex.reset(restart) if restart is not None else ex.publish(state)
+                handle = ex.reset(restart) if restart is not None else ex.publish(sync.state)
                 total = None if average is None else ex.publish(average)
         return sync
 

@@ -12,57 +12,51 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptychograph.algorithms import plan_from
-from ptychograph.auto_modes import mode_hooks
 from ptychograph.backend import complex_dtype, real_dtype
 from ptychograph.checkpoint import load_checkpoint, save_checkpoint
 from ptychograph.cluster import open_client
-from ptychograph.config import Config, load_config, parse_config
-from ptychograph.driver import Callback, Driver, DriverSettings, SyncHook, choose_final
+from ptychograph.config import Config, load_config, parse_config, resolve_paths
+from ptychograph.driver import Callback, DriverSettings, SyncHook
 from ptychograph.errors import InputError
-from ptychograph.executors import RunExecutor
+from ptychograph.executors import WorkerLost
 from ptychograph.executors.dask import DaskExecutor
 from ptychograph.executors.local import LocalExecutor
-from ptychograph.initial import load_previous, load_probe_file
+from ptychograph.follow import follow_on_cluster
 from ptychograph.io import apply_geometry, convert_to_store, load_scan
-from ptychograph.io.store_check import check_store_frames
-from ptychograph.io.validate import validate_frames, validate_mask
-from ptychograph.io.zarr_store import is_frames_store, read_store_info
-from ptychograph.plotting import preview_figure
-from ptychograph.problem import Problem, Result, ScanSummary, layout, prepare, previous_object
-from ptychograph.results import check_output_free, write_result
+from ptychograph.io.live_mark import read_mark
+from ptychograph.io.store_check import fingerprint
+from ptychograph.io.validate import validate_frames
+from ptychograph.io.zarr_store import is_frames_store, read_frames, read_store_info
+from ptychograph.noise import SAMPLE_FRAMES, photon_unit
+from ptychograph.paths import (
+    Kind,
+    check_disjoint,
+    check_folder,
+    check_replaceable,
+    clean_leftovers,
+    clean_work_dir,
+    remove_owned,
+)
+from ptychograph.plotting import preview, save
+from ptychograph.problem import Result, ScanSummary, layout, prepare
+from ptychograph.provenance import run_info
+from ptychograph.results import check_output_free, figure_path, write_result
+from ptychograph.run_checks import check_geometry, store_is_clean
+from ptychograph.run_lock import run_lock
 from ptychograph.scan import Scan
+from ptychograph.scan_watch import wait_for_store
+from ptychograph.solve import drive
 from ptychograph.state import SyncPoint
 
 log = logging.getLogger("ptychograph")
-
-
-def drive(
-    executor: RunExecutor,
-    problem: Problem,
-    config: Config,
-    progress: Callback | None = None,
-    start: SyncPoint | None = None,
-    hooks: Sequence[SyncHook] = (),
-) -> Result:
-    """Run the configured plan from ``start`` (or the problem's initial state) to the end."""
-    rec, cluster = config.reconstruction, config.cluster
-    settings = DriverSettings(
-        rec.iterations, cluster.sync_every, cluster.lookahead, rec.average_last
-    )
-    driver = Driver(executor, plan_from(rec), settings, progress, [*hooks, *mode_hooks(config)])
-    start = start or SyncPoint(problem.state)
-    if start.state.origins is None:
-        start = dataclasses.replace(start, state=start.state.replace(origins=problem.origins))
-    last = driver.run(start)
-    final = choose_final(executor, last)
-    return Result(final.state, last.history, problem, config, final.chosen, final.model_error)
 
 
 def load_validated(config: Config) -> tuple[Scan, list[str]]:
@@ -116,7 +110,10 @@ def run_on_cluster(
     )
     try:
         mean = stats.frame_sum / stats.n_frames
-        summary = ScanSummary(info.positions, info.geometry, info.mask, info.illumination, mean)
+        unit = photon_unit(read_frames(store, 0, min(info.n_frames, SAMPLE_FRAMES)))
+        summary = ScanSummary(
+            info.positions, info.geometry, info.mask, info.illumination, mean, unit
+        )
         return drive(executor, prepare(summary, config), config, progress, start, hooks)
     finally:
         executor.close()
@@ -133,102 +130,176 @@ def reconstruct(
 ) -> Result:
     """Reconstruct the scan of ``config`` on a Dask cluster and write the result.
 
-    config : a :class:`Config`, a YAML path, or the YAML's content as a dict.
+    config : a :class:`Config`, a YAML path, or the YAML's content as a dict (relative paths
+    of a dict or Config are taken against the current directory).
     client : a ``distributed.Client`` to use (e.g. a notebook's); when None, the ``cluster``
     section says what to start or connect to. workers : restrict to these worker addresses.
-    resume : continue from the checkpoint (``output.checkpoint_path``) of an earlier run.
+    resume : continue from the checkpoint (``output.checkpoint_path``) of an earlier run, which
+    must have been made from the same input (its fingerprint is checked).
     Checkpoints are written (every ``output.checkpoint_every`` iterations) only when ``write``.
-    A run whose estimates become non-finite raises :class:`~ptychograph.driver.Diverged`;
-    nothing is written then and the last checkpoint is kept.
+    What ``overwrite`` may replace, and which paths may not overlap, is checked up front
+    (:func:`check_run_paths`). A run whose estimates become non-finite raises
+    :class:`~ptychograph.driver.Diverged`; nothing is written then and the last checkpoint is
+    kept. Two runs writing the same result or checkpoint at once: the second is refused.
     """
     if isinstance(config, str | Path):
         config = load_config(config)
     elif isinstance(config, dict):
         config = parse_config(config)
-    if write:
-        check_output_free(config.output.path, overwrite, config.output.figure)
+    config = resolve_paths(config, Path.cwd())
+    # a second run on the same outputs would take the first's half-written store for a leftover
     out = config.output
-    start = load_checkpoint(out.checkpoint_path, config) if resume else None
-    writes_checkpoints = write and out.checkpoint_every > 0
-    if writes_checkpoints and not resume and not overwrite and out.checkpoint_path.exists():
-        raise InputError(
-            "output.checkpoint",
-            f"{out.checkpoint_path} exists; pass --resume to continue it or --overwrite",
-        )
-    hooks = _output_hooks(config) if write else []
+    locks = {out.path: "output.path"}  # also its work folder, .NAME.work
+    if write and (out.checkpoint_every > 0 or resume):
+        locks[out.checkpoint_path] = "output.checkpoint"
+    with run_lock(locks):
+        return _reconstruct(config, client, progress, write, overwrite, workers, resume)
+
+
+def _reconstruct(
+    config: Config,
+    client: object | None,
+    progress: Callback | None,
+    write: bool,
+    overwrite: bool,
+    workers: list[str] | None,
+    resume: bool,
+) -> Result:
+    out = config.output
+    began = time.perf_counter()
+    check_run_paths(config, overwrite, resume, write)
     store = frames_store(config, overwrite)
     try:
-        check_geometry(store, config)  # before any cluster starts
+        geometry = check_geometry(store, config)  # before any cluster starts
+        stamp, follow = fingerprint(store), config.data.follow
+        # a followed store grows: its views are checked against the checkpoint's instead
+        checked = None if follow else stamp
+        start = load_checkpoint(out.checkpoint_path, config, checked) if resume else None
+        if start is not None:
+            log.info("resuming from %s at iteration %d", out.checkpoint_path, start.iteration)
+        pixel = geometry.object_pixel[1]
+        hooks = _output_hooks(config, stamp, pixel) if write else []
+        run = follow_on_cluster if follow else run_on_cluster
         with open_client(config.cluster, client) as active:
-            result = run_on_cluster(active, store, config, progress, workers, start, hooks)
+            result = run(active, store, config, progress, workers, start, hooks)
+            cluster = config.cluster
+            seconds = time.perf_counter() - began
+            info = run_info(active, cluster.backend, cluster.n_workers, workers, seconds)
         if write:
-            write_result(result, config.output.path, overwrite=overwrite)
-            if writes_checkpoints and not out.keep_checkpoint:
-                shutil.rmtree(out.checkpoint_path, ignore_errors=True)
+            with _writing(config.output.path):
+                write_result(result, config.output.path, overwrite=overwrite, run=info)
+            if out.checkpoint_every > 0 and not out.keep_checkpoint:
+                remove_owned(out.checkpoint_path, "checkpoint")
+                log.info("run complete: removed its checkpoint (output.keep_checkpoint keeps it)")
+    except KeyboardInterrupt:
+        if write and out.checkpoint_path.exists():  # the CLI's line says so
+            raise KeyboardInterrupt(
+                f"{out.checkpoint_path} is kept: continue with --resume"
+            ) from None
+        raise
+    except WorkerLost as lost:
+        raise InputError(
+            "cluster",
+            f"gave up after more than {DriverSettings.max_recoveries} lost workers (last: "
+            f"{lost}); the last checkpoint is kept, continue with --resume",
+        ) from None
     finally:
         if store.parent == work_dir(config):
             shutil.rmtree(work_dir(config), ignore_errors=True)
     return result
 
 
-def _output_hooks(config: Config) -> list[SyncHook]:
-    """Checkpoints and previews at sync points, as the ``output`` section asks."""
+def check_run_paths(config: Config, overwrite: bool, resume: bool, write: bool = True) -> None:
+    """The data-loss rule for a run (:mod:`ptychograph.paths`): no output overlaps an input or
+    another output; ``overwrite`` replaces only a result, checkpoint or figure ptychograph
+    wrote; a checkpoint is continued only with ``resume``. Then the leftovers of a killed run
+    of the same outputs are removed."""
+    out, init = config.output, config.initial
+    inputs = {
+        "data.path": config.data.path,
+        "initial.probe_path": init.probe_path if init.probe == "file" else None,
+        "initial.previous": init.previous,
+    }
+    if not write:  # only the work folder (for a conversion) is written
+        check_disjoint(inputs, {"output.path (work folder)": work_dir(config)})
+        clean_work_dir(work_dir(config))
+        if resume and not out.checkpoint_path.exists():
+            raise InputError("--resume", f"no checkpoint at {out.checkpoint_path}")
+        return
+    checkpoints = out.checkpoint_every > 0 or resume
+    outputs: dict[str, Path | None] = {
+        "output.path": out.path,
+        "output.path (figure)": figure_path(out.path) if out.figure else None,
+        "output.checkpoint": out.checkpoint_path if checkpoints else None,
+        "output.preview_every": preview_path(config) if out.preview_every > 0 else None,
+        "output.path (work folder)": work_dir(config),
+    }
+    check_disjoint(inputs, outputs)
+    check_output_free(out.path, overwrite, out.figure)
+    ckpt = out.checkpoint_path
+    if out.preview_every > 0:  # replaced at every preview: only a figure of ours
+        check_replaceable(preview_path(config), "figure", True, "output.preview_every")
+    kinds: dict[Path, Kind] = {out.path: "result", ckpt: "checkpoint"}
+    kinds |= {figure_path(out.path): "figure", preview_path(config): "figure"}
+    clean_work_dir(work_dir(config))
+    for path in clean_leftovers(kinds, kinds):  # before --resume looks for the checkpoint
+        log.info("removed %s, left by an interrupted run", path)
+    if checkpoints:
+        check_folder(ckpt, "output.checkpoint")
+        if resume and not ckpt.exists():
+            raise InputError("--resume", f"no checkpoint at {ckpt}")
+        if ckpt.exists() and not (resume or overwrite):
+            raise InputError(
+                "output.checkpoint",
+                f"{ckpt} exists; pass --resume to continue it or --overwrite "
+                "(resume=True / overwrite=True in Python)",
+            )
+        check_replaceable(ckpt, "checkpoint", True, "output.checkpoint")
+
+
+@contextmanager
+def _writing(path: Path, field: str = "output.path") -> Iterator[None]:
+    """An OS error while writing (disk full, read-only, permissions) -> one InputError line
+    naming ``field``."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise InputError(field, f"could not write {path} ({reason})") from None
+
+
+def preview_path(config: Config) -> Path:
+    """The preview PNG beside the result: result.zarr -> result.preview.png."""
+    out = config.output.path
+    return out.with_name(out.stem + ".preview.png")
+
+
+def _output_hooks(config: Config, stamp: dict[str, Any], pixel: float) -> list[SyncHook]:
+    """Checkpoints (recording the input's fingerprint ``stamp``) and previews (with a scale bar
+    for object pixels of ``pixel`` m) at sync points, as the ``output`` section asks."""
     out = config.output
 
     def checkpoint(sync: SyncPoint) -> None:
-        save_checkpoint(out.checkpoint_path, sync, config)
+        with _writing(out.checkpoint_path, "output.checkpoint"):
+            save_checkpoint(out.checkpoint_path, sync, config, stamp)
         log.info("checkpoint at iteration %d: %s", sync.iteration, out.checkpoint_path)
 
-    def preview(sync: SyncPoint) -> None:
-        preview_figure(sync.state.probe, sync.state.obj, sync.iteration, preview_path)
+    def draw(sync: SyncPoint) -> None:
+        with _writing(preview_path(config), "output.preview_every"):
+            state = sync.state
+            figure = preview(state.probe, state.obj, sync.iteration, state.origins, pixel)
+            if config.data.follow and state.origins is not None:  # frames seen / expected
+                mark = read_mark(config.data.path)
+                expected = "?" if mark is None else mark.expected_frames or "?"
+                figure.suptitle(f"live: {len(state.origins)} of {expected} frames")
+            save(figure, preview_path(config))
 
-    preview_path = out.path.with_name(out.path.stem + ".preview.png")
     hooks = []
     if out.checkpoint_every > 0:
         hooks.append(SyncHook(out.checkpoint_every, checkpoint, at_end=True))
     if out.preview_every > 0:
-        hooks.append(SyncHook(out.preview_every, preview))
+        hooks.append(SyncHook(out.preview_every, draw))
     return hooks
-
-
-def check_geometry(store: Path, config: Config) -> None:
-    """Refuse, before a cluster starts, an impossible object size (wrong units or geometry)
-    and initial guesses that cannot be read or do not fit."""
-    info = read_store_info(store)
-    geometry = apply_geometry(info.geometry, config.data.geometry)
-    lay = layout(info.positions, geometry, config.reconstruction, config.data)
-    init = config.initial
-    if init.probe == "file" and init.probe_path is not None:
-        load_probe_file(init.probe_path, geometry.frame_shape)
-    if init.previous is not None and init.probe == "previous":
-        load_previous(init.previous, "probe", "initial.previous")
-    if init.previous is not None and init.object == "previous":
-        previous_object(config, lay.obj_shape)
-
-
-def store_is_clean(path: Path, config: Config) -> bool:
-    """Check a frames store's values chunk by chunk. True when it can be used as it is; False
-    when ``data.nonfinite: drop`` / ``data.negative: clip`` must repair it (the run then
-    converts it into its work folder); InputError when it holds values the config refuses."""
-    validate_mask(read_store_info(path).mask)
-    check = check_store_frames(path)
-    data = config.data
-    if check.nonfinite_frames and data.nonfinite == "error":
-        first = check.nonfinite_frames[0]
-        raise InputError(
-            "frames",
-            f"{len(check.nonfinite_frames)} frames contain NaN or Inf (first: frame {first}); "
-            "set data.nonfinite: drop to drop them",
-        )
-    if check.negative_pixels and data.negative == "error":
-        raise InputError(
-            "frames",
-            f"{check.negative_pixels} negative pixels in {check.negative_frames} frames; "
-            "set data.negative: clip to clip them to zero",
-        )
-    if check.all_zero:
-        raise InputError("frames", "every frame is entirely zero")
-    return not (check.nonfinite_frames or check.negative_pixels)
 
 
 def work_dir(config: Config) -> Path:
@@ -240,6 +311,9 @@ def work_dir(config: Config) -> Path:
 def frames_store(config: Config, overwrite: bool = False) -> Path:
     """The Zarr frames store of the run: the data path itself, or a conversion of it."""
     path = config.data.path
+    if config.data.follow:  # read as it is, while it grows; workers check each frame they load
+        store_is_clean(wait_for_store(config), config)  # negatives left: workers clip them
+        return path
     if is_frames_store(path) and store_is_clean(path, config):
         return path
     folder = work_dir(config)

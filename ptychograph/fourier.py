@@ -16,7 +16,11 @@ from ptychograph.partials import FourierError
 
 
 def modulus_constraint(
-    spectrum: Array, amplitudes: Array, good: Array | None, noise_bound: float = 0.0
+    spectrum: Array,
+    amplitudes: Array,
+    good: Array | None,
+    noise_bound: float = 0.0,
+    power: Array | None = None,
 ) -> Array:
     """Eq. 4, in place: scale all modes of each view to the measured modulus.
 
@@ -46,10 +50,14 @@ def modulus_constraint(
       (zero): the constraint adds nothing it cannot derive from the model.
 
     With no good pixel (B = 0) the step is 1 (plain eq. 4), not 0 / 0.
+
+    power : (N, H, W) |F psi|^2 summed over the modes, if the caller has it (e.g.
+    :func:`ptychograph.cpu_ops.mode_power`); computed here otherwise.
     """
     xp = get_array_module(spectrum)
-    with np.errstate(over="ignore"):  # an overflowed power takes the extreme path
-        power = xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2))
+    if power is None:
+        with np.errstate(over="ignore"):  # an overflowed power takes the extreme path
+            power = xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2))
     model = xp.sqrt(power)
     plain = _plain_ratio_safe(power, model, amplitudes)
     extreme = ~plain
@@ -138,14 +146,19 @@ def _noise_steps(model: Array, amplitudes: Array, good: Array | None, noise_boun
     return 1 - xp.sqrt(bound / xp.maximum(residual, bound))
 
 
-def fourier_error(spectrum: Array, amplitudes: Array, good: Array | None) -> FourierError:
+def fourier_error(
+    spectrum: Array, amplitudes: Array, good: Array | None, power: Array | None = None
+) -> FourierError:
     """Step 5 error terms of a model: sum_q (sqrt(I_j) - |F phi_j|)^2 and sum_q I_j.
 
     spectrum : (N, M_P, M_O, H, W) complex, F phi. amplitudes : (N, H, W) sqrt(I).
-    good : (H, W) bool or None; only good pixels count.
+    good : (H, W) bool or None; only good pixels count. power : (N, H, W) |F phi|^2 summed
+    over the modes, if the caller has it.
     """
     xp = get_array_module(spectrum)
-    model = xp.sqrt(xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2)))
+    if power is None:
+        power = xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2))
+    model = xp.sqrt(power)
     diff = amplitudes - model
     if good is None:
         return FourierError(float(xp.sum(diff * diff)), float(xp.sum(amplitudes * amplitudes)))

@@ -26,6 +26,7 @@ from ptychograph.io.npz import FRAME_KEYS
 from ptychograph.io.zarr_store import chunk_ranges, read_frames, read_store_info
 from ptychograph.memory import estimate
 from ptychograph.problem import layout
+from ptychograph.progress import plural
 from ptychograph.scan import Geometry
 
 FORMAT_NAMES = {
@@ -43,7 +44,7 @@ class Contents:
     frame_sums : (N,) float64 counts per frame. positions : (N, 2) (y, x) metres.
     mask_pixels : bad pixels, or None without a mask. probe_modes : illumination modes, or
     None without one. stored_dtype : the frames' dtype in the file. chunk_frames : frames
-    per chunk of a frames store, else None.
+    per chunk of a frames store, else None. live : a store written live: how far it has got.
     """
 
     kind: str
@@ -55,6 +56,7 @@ class Contents:
     probe_modes: int | None
     stored_dtype: str
     chunk_frames: int | None = None
+    live: str | None = None
 
     @property
     def n_frames(self) -> int:
@@ -82,7 +84,8 @@ def describe(
     pixel_y, pixel_x = geometry.object_pixel
     extent = np.ptp(contents.positions, axis=0)
     lines = [
-        f"{Path(path).name}: {FORMAT_NAMES[contents.kind]}",
+        f"{Path(path).name}: {FORMAT_NAMES[contents.kind]}"
+        + (f", written live: {contents.live}" if contents.live else ""),
         f"frames: {contents.n_frames} x {contents.frame_shape[0]} x {contents.frame_shape[1]} "
         f"(N x H x W), stored as {contents.stored_dtype}"
         + (f", chunks of {contents.chunk_frames} frames" if contents.chunk_frames else ""),
@@ -135,6 +138,7 @@ def _store_contents(path: str | os.PathLike[str], overrides: GeometryConfig | No
         probe_modes=None if info.illumination is None else int(info.illumination.shape[0]),
         stored_dtype="float32",
         chunk_frames=info.chunk_frames,
+        live=None if info.live is None else info.live.describe(),
     )
 
 
@@ -197,7 +201,7 @@ def _object_and_memory(
     need = estimate(
         views, contents.frame_shape, shape, probe_modes, object_modes, precision, rec.batch_size
     )
-    workers = f"{n_workers} worker{'s' if n_workers != 1 else ''}"
+    workers = plural(n_workers, "worker")
     modes = f"{probe_modes} probe x {object_modes} object mode(s)"
     return [
         f"object: {shape[0]} x {shape[1]} pixels (margin {rec.object_margin})",

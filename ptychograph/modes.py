@@ -41,6 +41,23 @@ def orthogonalise(probe: Array) -> tuple[Array, Array]:
     return rotated, rotation
 
 
+def align_modes(modes: Array, reference: Array) -> Array:
+    """``modes`` mixed by the unitary U that brings them closest to ``reference``:
+    argmin_U ||reference - U modes|| (orthogonal Procrustes, U = W V^H from the SVD
+    reference modes^H = W S V^H). For one mode, U is the global phase.
+
+    modes, reference : (M, ...) complex of one shape. Returns (M, ...) complex. Probe modes
+    (and object modes) are determined only up to such a mixing (and a global phase), which
+    leaves every far-field intensity unchanged (docs/design.md, "Averaging")."""
+    xp = get_array_module(modes)
+    n_modes = modes.shape[0]
+    flat, ref = modes.reshape(n_modes, -1), xp.asarray(reference).reshape(n_modes, -1)
+    cross = np.asarray(to_host(ref @ xp.conj(flat).T), dtype=np.complex128)  # (M, M)
+    left, _, right = np.linalg.svd(cross)
+    unitary = xp.asarray((left @ right).astype(modes.dtype))
+    return (unitary @ flat).reshape(modes.shape)
+
+
 def power_shares(probe: Array) -> np.ndarray:
     """Share of total probe power per mode after orthogonalisation: (M_P,) float, sums to 1."""
     xp = get_array_module(probe)

@@ -8,6 +8,8 @@ backend runs:
 * :class:`NumpyOps` - the one NumPy reference of every batch step, written with the array module
   of its inputs (so it also runs, unfused, on CuPy arrays). The CUDA kernels are tested against
   it (tests/test_kernels.py).
+* :class:`ptychograph.cpu_ops.CpuOps` - what a NumPy worker runs: NumpyOps' results with fewer
+  temporaries (tested against NumpyOps).
 * :class:`ptychograph.gpu.ops.CupyOps` - the same methods with the fused CUDA kernels of
   :mod:`ptychograph.gpu.kernels`; imported only when asked for, so ``import ptychograph`` needs
   neither CuPy nor a GPU.
@@ -30,8 +32,8 @@ from typing import Protocol, runtime_checkable
 
 from ptychograph.backend import Array, get_array_module
 from ptychograph.fourier import dm_exit_wave_update
+from ptychograph.operators import add_binned, insert_views, rotate_modes, sum_unshifted
 from ptychograph.operators import exit_waves as form_views
-from ptychograph.operators import insert_views, sum_unshifted
 from ptychograph.partials import FourierError, OverlapPartials
 
 BACKENDS = ("numpy", "cupy")
@@ -54,10 +56,14 @@ class BatchOps(Protocol):
         beta: float,
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
+        rotation: Array | None = None,
     ) -> FourierError:
         """Eqs. 3-4 in place: psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi), phi = (S_j P)(E_j O).
 
         noise_bound : the relaxation of :func:`ptychograph.fourier.modulus_constraint`.
+        rotation : (M_P, M_P) or None, a probe-mode rotation the probe has had since psi was
+        last updated: psi <- rotation psi over the mode axis first
+        (:func:`ptychograph.operators.rotate_modes`; the fused CPU kernels fold it in).
         Given ``out`` (object partials: numerator (M_O, Y, X), denominator (Y, X)), the eq. 6
         terms of the new psi are added into it, fused with the update (:meth:`object_partials`).
         Returns the Fourier error terms of phi (before the update).
@@ -80,11 +86,16 @@ class BatchOps(Protocol):
         obj_views: Array,
         ramps: tuple[Array, Array] | None,
         out: OverlapPartials,
+        bins: Array | None = None,
     ) -> OverlapPartials:
         """Eq. 5 terms of the batch in residual form, added into ``out``:
         numerator[k] += sum_j S_j^H sum_l conj(O_j^(l)) (psi_j^(k,l) - O_j^(l) S_j P^(k))
         : (M_P, H, W) complex; denominator += sum_{j,l} |O_j^(l)|^2 : (H, W) real,
         with O_j^(l) = E_j O^(l).
+
+        bins : (n,) int, or None. Given, S_j^H is left to the caller (``ramps`` is None) and
+        view j's terms are added into ``numerator[bins[j]]`` of a (B, M_P, H, W) numerator
+        (the views that share a shift share a bin; :mod:`ptychograph.shifted_probe`).
         """
         ...
 
@@ -105,8 +116,11 @@ class NumpyOps:
         beta: float,
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
+        rotation: Array | None = None,
     ) -> FourierError:
         """See :meth:`BatchOps.exit_wave_update`."""
+        if rotation is not None:
+            rotate_modes(exit_waves, rotation, in_place=True)
         views = form_views(probe_views, obj_views)
         error = dm_exit_wave_update(
             exit_waves, views, amplitudes, good, beta, noise_bound, centred=False
@@ -135,22 +149,29 @@ class NumpyOps:
         obj_views: Array,
         ramps: tuple[Array, Array] | None,
         out: OverlapPartials,
+        bins: Array | None = None,
     ) -> OverlapPartials:
         """See :meth:`BatchOps.probe_partials`."""
         xp = get_array_module(exit_waves)
         residual = exit_waves - form_views(probe_views, obj_views)
         terms = xp.sum(xp.conj(obj_views)[:, None] * residual, axis=2)  # (n, M_P, H, W)
-        _add_into(out.numerator, sum_unshifted(terms, ramps))
+        if bins is not None:
+            add_binned(out.numerator, bins, terms)
+        else:
+            _add_into(out.numerator, sum_unshifted(terms, ramps))
         _add_into(out.denominator, xp.sum(obj_views.real**2 + obj_views.imag**2, axis=(0, 1)))
         return out
 
 
 def select_ops(backend: str) -> BatchOps:
-    """The batch ops of a backend: ``"numpy"`` -> :class:`NumpyOps`, ``"cupy"`` ->
+    """The batch ops of a backend: ``"numpy"`` -> :class:`ptychograph.cpu_ops.CpuOps` (the
+    results of :class:`NumpyOps` with fewer passes over memory), ``"cupy"`` ->
     :class:`ptychograph.gpu.ops.CupyOps` (imported here, on first use; constructing it needs
     neither CuPy nor a device, running it needs both)."""
     if backend == "numpy":
-        return NumpyOps()
+        from ptychograph.cpu_ops import CpuOps
+
+        return CpuOps()
     if backend == "cupy":
         from ptychograph.gpu.ops import CupyOps
 

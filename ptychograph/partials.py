@@ -63,6 +63,7 @@ def regularised_divide(partials: OverlapPartials, previous: Array, alpha: float)
     numerator, previous : (modes, ...) complex; denominator : (...) real.
     """
     xp = get_array_module(partials.numerator)
+    previous = xp.asarray(previous)  # the estimate joins the partials' device
     eps = alpha * float(xp.max(partials.denominator))
     if eps <= 0:
         eps = 1e-30
@@ -78,6 +79,7 @@ def regularised_step(partials: OverlapPartials, previous: Array, alpha: float) -
     numerator, previous : (modes, ...) complex; denominator : (...) real.
     """
     xp = get_array_module(partials.numerator)
+    previous = xp.asarray(previous)  # the estimate joins the partials' device
     eps = max(alpha * float(xp.max(partials.denominator)), 1e-30)
     step = partials.numerator / (partials.denominator + eps)[None]
     return (previous + step).astype(previous.dtype)

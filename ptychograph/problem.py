@@ -23,6 +23,7 @@ from ptychograph.initial import (
     random_object,
     scale_power,
 )
+from ptychograph.noise import photon_unit
 from ptychograph.scan import Geometry, Scan
 from ptychograph.state import History, State
 
@@ -33,6 +34,8 @@ class ScanSummary:
 
     positions : (N, 2) (y, x) metres. mask : (H, W) bool (True = bad) or None. illumination :
     (M, H, W) or None. mean_frame : (H, W) float64, the mean diffraction pattern.
+    photon_unit : one photon in the frames' units (:func:`ptychograph.noise.photon_unit`; 1 for
+    counts, 0 when unknown).
     """
 
     positions: np.ndarray
@@ -40,11 +43,13 @@ class ScanSummary:
     mask: np.ndarray | None
     illumination: np.ndarray | None
     mean_frame: np.ndarray
+    photon_unit: float = 1.0
 
     @classmethod
     def of(cls, scan: Scan) -> ScanSummary:
         mean = scan.frames.mean(axis=0, dtype=np.float64)
-        return cls(scan.positions, scan.geometry, scan.mask, scan.illumination, mean)
+        unit = photon_unit(scan.frames)
+        return cls(scan.positions, scan.geometry, scan.mask, scan.illumination, mean, unit)
 
     @property
     def good(self) -> np.ndarray | None:

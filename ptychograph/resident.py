@@ -16,6 +16,8 @@ import numpy as np
 
 from ptychograph.backend import Array
 from ptychograph.ops import select_ops
+from ptychograph.positions import follow_all
+from ptychograph.shifted_probe import ShiftTable
 from ptychograph.state import State
 from ptychograph.views import ViewChunk, make_chunk, reset_exit_waves
 
@@ -25,9 +27,11 @@ class ResidentViews:
     """Views held by one executor slot.
 
     chunks : the resident :class:`~ptychograph.views.ViewChunk` s. pending : (amplitudes (n, H, W)
-    real, origins (n, 2)) loaded but not yet turned into chunks (done by the next
-    :func:`reset_views`, which knows the estimates). good : (H, W) bool detector mask or None.
+    real, origins (n, 2), index of the first view in the scan) loaded but not yet turned into
+    chunks (done by the next :func:`reset_views`, which knows the estimates).
+    good : (H, W) bool detector mask or None.
     backend : "numpy" or "cupy"; ``ops`` are its batch ops.
+    shift_table : the shifted probes S_s P shared by the chunks (:mod:`ptychograph.shifted_probe`).
     """
 
     backend: str = "numpy"
@@ -35,7 +39,8 @@ class ResidentViews:
     subpixel: str = "fourier"
     good: Array | None = None
     chunks: list[ViewChunk] = field(default_factory=list)
-    pending: list[tuple[Array, Array]] = field(default_factory=list)
+    pending: list[tuple[Array, Array, int]] = field(default_factory=list)
+    shift_table: ShiftTable = field(default_factory=ShiftTable, repr=False)
 
     def __post_init__(self) -> None:
         self.ops = select_ops(self.backend)
@@ -56,20 +61,37 @@ class ResidentViews:
 
 def reset_views(views: ResidentViews, state: State) -> int:
     """psi = P O from ``state`` for every resident view, including views loaded since the last
-    reset (start of a run, resume, recovery, or a changed number of modes).
+    reset (start of a run, resume, recovery, or a changed number of modes). The views are
+    first moved to ``state.origins`` when the state has them (corrected positions).
 
     Returns the number of views held.
     """
     xp = views.xp
     probe, obj = xp.asarray(state.probe), xp.asarray(state.obj)
+    follow_all(views.chunks, state.origins)
+    if state.origins is not None:
+        views.pending = [
+            (amplitudes, xp.asarray(state.origins[first : first + len(amplitudes)]), first)
+            for amplitudes, _, first in views.pending
+        ]
     for chunk in views.chunks:
         shape = (chunk.n_views, probe.shape[0], obj.shape[0], *chunk.frame_shape)
         if chunk.exit_waves.shape != shape:  # the number of modes changed
             chunk.exit_waves = xp.empty(shape, dtype=probe.dtype)
         reset_exit_waves(chunk, probe, obj, views.batch_size)
     views.chunks.extend(
-        make_chunk(amplitudes, views.good, origins, probe, obj, views.batch_size, views.subpixel)
-        for amplitudes, origins in views.pending
+        make_chunk(
+            amplitudes,
+            views.good,
+            origins,
+            probe,
+            obj,
+            views.batch_size,
+            views.subpixel,
+            first,
+            views.shift_table,
+        )
+        for amplitudes, origins, first in views.pending
     )
     views.pending = []
     return sum(c.n_views for c in views.chunks)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ptychograph.backend import Array, to_host
+from ptychograph.backend import Array, get_array_module, to_host
+from ptychograph.modes import align_modes
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class State:
     where the positions are held elsewhere (they are refined when position correction runs).
     rotation : (probe_mode, probe_mode) unitary rotation applied to the probe modes since the
     exit waves were last updated (mode orthogonalisation), or None.
+    memory : what an algorithm carries from one iteration to the next besides the estimates
+    (e.g. ML's previous search direction), or None; not averaged and not checkpointed.
     """
 
     probe: Array
@@ -31,6 +34,7 @@ class State:
     iteration: int = 0
     origins: np.ndarray | None = None
     rotation: Array | None = None
+    memory: object | None = None
 
     def replace(self, **changes: object) -> State:
         """A copy with ``changes`` (dataclasses.replace)."""
@@ -82,6 +86,20 @@ def relative_change(new: Array, old: Array) -> float:
     return float(np.linalg.norm(new - old)) / norm if norm > 0 else 0.0
 
 
+def no_progress(start: State, final: State, history: History) -> str | None:
+    """Why a run looks like it did nothing, or None: the estimates it returns are (to 1e-6)
+    the ones it started from, or its Fourier error never changed."""
+    if (
+        relative_change(final.obj, start.obj) < 1e-6
+        and relative_change(final.probe, start.probe) < 1e-6
+    ):
+        return "the returned probe and object are the starting ones"
+    errors = np.asarray(history.fourier_error)
+    if len(errors) > 2 and np.ptp(errors) <= 1e-6 * max(float(np.abs(errors).max()), 1e-300):
+        return f"the Fourier error stayed at {errors[0]:.4g} in every iteration"
+    return None
+
+
 # ---------------------------------------------------------------- averaging window
 def window_start(iterations: int, average_last: float) -> int:
     """First iteration index whose estimates enter the average of the last ``average_last``
@@ -90,10 +108,20 @@ def window_start(iterations: int, average_last: float) -> int:
 
 
 def accumulate(total: State | None, state: State) -> State:
-    """Running sum of the estimates over the averaging window (origins and rotation dropped)."""
+    """Running sum of the estimates over the averaging window (origins and rotation dropped).
+
+    Each iterate is first aligned to the sum so far by the mixing of its probe modes and of its
+    object modes (each including a global phase) that brings it closest
+    (:func:`ptychograph.modes.align_modes`): the re-orthogonalised modes and a drifting global
+    phase then add up instead of cancelling (docs/design.md, "Averaging")."""
     if total is None:
         return State(state.probe.copy(), state.obj.copy(), state.iteration)
-    return State(total.probe + state.probe, total.obj + state.obj, state.iteration)
+    if total.probe.shape != state.probe.shape or total.obj.shape != state.obj.shape:
+        raise ValueError("the averaging window holds iterates of different shapes")
+    probe = align_modes(state.probe, total.probe)
+    obj = align_modes(state.obj, total.obj)
+    xp_p, xp_o = get_array_module(probe), get_array_module(obj)
+    return State(xp_p.asarray(total.probe) + probe, xp_o.asarray(total.obj) + obj, state.iteration)
 
 
 @dataclass(frozen=True)
@@ -120,5 +148,8 @@ class SyncPoint:
             return None
         count = self.average_count
         return self.state.replace(
-            probe=self.average.probe / count, obj=self.average.obj / count, rotation=None
+            probe=self.average.probe / count,
+            obj=self.average.obj / count,
+            rotation=None,
+            memory=None,
         )

@@ -15,19 +15,28 @@ Equations: docs/design.md, "One DM iteration" (Dong et al., arXiv:1808.10375, eq
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ptychograph.backend import Array, fft2, fft_workers, get_array_module, single_fft_worker
+from ptychograph.backend import (
+    Array,
+    empty_aligned,
+    fft2,
+    fft_workers,
+    get_array_module,
+    single_fft_worker,
+)
 from ptychograph.fourier import fourier_error
 from ptychograph.operators import SubpixelShift, exit_waves, extract_views
+from ptychograph.operators import rotate_modes as rotate_modes  # re-exported (growth.py)
 from ptychograph.ops import BatchOps, NumpyOps
 from ptychograph.partials import FourierError, OverlapPartials
+from ptychograph.shifted_probe import ShiftTable, batch_slices, gather_rows, quantise
 
 T = TypeVar("T")
 
@@ -43,8 +52,13 @@ class ViewChunk:
     corners : (N, 2) int64, integer (row, column) of each view's top-left corner.
     frac : (N, 2) real, sub-pixel part of each view's position, in [0, 1).
     exit_waves : (N, M_P, M_O, H, W) complex, psi.
-    subpixel : ``"fourier"`` (the probe is Fourier-shifted by ``frac``); positions rounded
-    for ``"off"`` have ``frac`` = 0.
+    subpixel : ``"fourier"`` (the probe is Fourier-shifted by ``frac`` rounded to the
+    table's grid, :func:`~ptychograph.shifted_probe.quantise`); positions rounded for ``"off"``
+    have ``frac`` = 0.
+    first : index in the whole scan of the chunk's first view (its views are
+    ``first .. first + N - 1``); position correction moves views by these indices.
+    table : the :class:`~ptychograph.shifted_probe.ShiftTable` of S_s P (shared by the chunks
+    of one executor slot; its ``steps`` fix the rounding of the offsets for every path).
     """
 
     amplitudes: Array
@@ -53,10 +67,28 @@ class ViewChunk:
     frac: Array
     exit_waves: Array
     subpixel: str = "fourier"
+    first: int = 0
+    table: ShiftTable = field(default_factory=ShiftTable, repr=False)
+    _slots: tuple[ShiftTable, Array, Array] | None = field(default=None, repr=False)
+    _views: tuple[ShiftTable, int, Array, Array] | None = field(default=None, repr=False)
 
     def shifter(self, sl: slice, dtype: Any) -> SubpixelShift:
-        """S_j for the views ``sl``."""
-        return SubpixelShift(self.frac[sl], self.frame_shape, dtype)
+        """S_j for the views ``sl`` (offsets rounded to the table's grid)."""
+        return SubpixelShift(quantise(self.frac[sl], self.table.steps), self.frame_shape, dtype)
+
+    def slots(self) -> Array:
+        """(N,) int64: each view's row in ``table`` (kept until the table or ``frac``
+        change; position correction assigns a new ``frac``)."""
+        held = self._slots
+        if held is None or held[0] is not self.table or not np.array_equal(held[1], self.frac):
+            frac = np.asarray(self.frac)
+            held = self._slots = (self.table, frac.copy(), self.table.slots(frac))
+        return held[2]
+
+    def integer(self) -> bool:
+        """True when every (rounded) offset is 0: S_j is the identity."""
+        xp = get_array_module(self.frac)
+        return not bool(xp.any(quantise(self.frac, self.table.steps) != 0))
 
     @property
     def n_views(self) -> int:
@@ -68,22 +100,56 @@ class ViewChunk:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by this chunk (amplitudes, positions and exit waves)."""
+        """Bytes of the chunk's amplitudes, positions, exit waves, S_j P (not the table)."""
         total = self.amplitudes.nbytes + self.corners.nbytes + self.frac.nbytes
-        total += self.exit_waves.nbytes
+        total += self.exit_waves.nbytes + (0 if self._views is None else self._views[3].nbytes)
         return int(total + (self.good.nbytes if self.good is not None else 0))
 
 
-def _batches(n_views: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n_views, batch_size):
-        yield slice(start, min(start + batch_size, n_views))
+def shifted_probe(
+    chunk: ViewChunk, probe: Array, rotation: Array | None = None, batch_size: int = 64
+) -> Array | None:
+    """S_j P of every view (N, M_P, H, W), gathered from the rows of ``chunk.table``
+    (:class:`~ptychograph.shifted_probe.ShiftTable`, made or rotated there when the probe
+    changed; ``rotation`` : the mode rotation that may have turned the held probe into
+    ``probe``) and kept with the chunk while the rows are the same: one copy per probe instead
+    of one per sweep. The (1, M_P, H, W) probe itself when every offset is 0. Read-only. None
+    on CuPy (GPU memory is planned without the table and its FFTs are cheap: each batch shifts
+    the probe itself, :func:`batch_probe`)."""
+    if chunk.integer():
+        return probe[None]
+    if get_array_module(probe) is not np:
+        return None
+    slots = chunk.slots()  # the table has rows for the chunk's offsets
+    rows = chunk.table.get(probe, rotation, batch_size)
+    held, table, shape = chunk._views, chunk.table, (len(slots), *rows.shape[1:])
+    if held is None or held[0] is not table or held[1] != table.version or held[2] is not slots:
+        out = None if held is None else held[3]
+        if out is None or out.shape != shape or out.dtype != rows.dtype:
+            out = empty_aligned(shape, rows.dtype)
+        out = np.take(rows, slots, axis=0, out=out, mode="clip")  # "raise" buffers: 4x slower
+        held = chunk._views = (table, table.version, slots, out)
+    return held[3]
+
+
+def batch_probe(chunk: ViewChunk, views: Array | None, sl: slice, probe: Array) -> Array:
+    """S_j P for the views ``sl`` (n or 1, M_P, H, W): from :func:`shifted_probe`'s array, or
+    computed."""
+    if views is None:
+        return chunk.shifter(sl, probe.dtype).shift(probe)
+    return views if views.shape[0] == 1 else views[sl]
 
 
 def current_views(chunk: ViewChunk, sl: slice, probe: Array, obj: Array) -> Array:
-    """phi for the views ``sl`` of a chunk: (n, M_P, M_O, H, W) complex (eq. 2)."""
-    probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
+    """phi for the views ``sl`` of a chunk: (n, M_P, M_O, H, W) complex (eq. 2).
+
+    S_j P comes from the chunk's table when it holds this probe, else it is computed for the
+    views ``sl`` alone (the table is left as it is)."""
+    held = None if chunk.integer() else chunk.table.lookup(probe)
+    shifted = chunk.shifter(sl, probe.dtype).shift(probe) if held is None else None
+    shifted = gather_rows(held, chunk.slots()[sl]) if shifted is None else shifted
     obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
-    return exit_waves(probe_views, obj_views)
+    return exit_waves(shifted, obj_views)
 
 
 def model_error(chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64) -> FourierError:
@@ -93,7 +159,8 @@ def model_error(chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64
     probe : (M_P, H, W), obj : (M_O, Y, X). psi is not touched.
     """
     total = FourierError(0.0, 0.0)
-    for sl in _batches(chunk.n_views, batch_size):
+    shifted_probe(chunk, probe, batch_size=batch_size)
+    for sl in batch_slices(chunk.n_views, batch_size):
         spectrum = fft2(current_views(chunk, sl, probe, obj), overwrite=True)
         total = total + fourier_error(spectrum, chunk.amplitudes[sl], chunk.good)
     return total
@@ -107,6 +174,8 @@ def make_chunk(
     obj: Array,
     batch_size: int = 64,
     subpixel: str = "fourier",
+    first: int = 0,
+    table: ShiftTable | None = None,
 ) -> ViewChunk:
     """Build a chunk whose exit waves start at the current views, psi = phi = P O.
 
@@ -114,34 +183,30 @@ def make_chunk(
     origins : (N, 2) float view corners in object pixels;
     probe : (M_P, H, W); obj : (M_O, Y, X). The exit waves take the probe's dtype.
     subpixel : the sub-pixel method (``"fourier"``; kept with the chunk for the record).
+    first : index in the scan of the first view (:attr:`ViewChunk.first`).
+    table : the :class:`~ptychograph.shifted_probe.ShiftTable` to share (a new one if None).
     """
     xp = get_array_module(amplitudes, probe)
     corners = xp.floor(origins).astype(xp.int64)
     frac = (origins - corners).astype(amplitudes.dtype)
     n_views = amplitudes.shape[0]
-    psi = xp.empty((n_views, probe.shape[0], obj.shape[0], *amplitudes.shape[1:]), probe.dtype)
+    shape = (n_views, probe.shape[0], obj.shape[0], *amplitudes.shape[1:])
+    psi = empty_aligned(shape, probe.dtype) if xp is np else xp.empty(shape, probe.dtype)
     amplitudes = xp.ascontiguousarray(xp.fft.ifftshift(amplitudes, axes=(-2, -1)))
     if good is not None:
         good = xp.ascontiguousarray(xp.fft.ifftshift(good, axes=(-2, -1)))
-    chunk = ViewChunk(amplitudes, good, corners, frac, psi, subpixel)
+    chunk = ViewChunk(amplitudes, good, corners, frac, psi, subpixel, first)
+    if table is not None:
+        chunk.table = table
     reset_exit_waves(chunk, probe, obj, batch_size)
     return chunk
 
 
 def reset_exit_waves(chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64) -> None:
     """Set psi = phi = P O for every view of the chunk, in place (start or recovery)."""
-    for sl in _batches(chunk.n_views, batch_size):
+    shifted_probe(chunk, probe, batch_size=batch_size)
+    for sl in batch_slices(chunk.n_views, batch_size):
         chunk.exit_waves[sl] = current_views(chunk, sl, probe, obj)
-
-
-def rotate_modes(waves: Array, rotation: Array) -> Array:
-    """Apply a probe-mode rotation to exit waves: psi'^(k) = sum_m R[k, m] psi^(m).
-
-    waves : (n, M_P, M_O, H, W); rotation : (M_P, M_P). Returns a new array.
-    """
-    xp = get_array_module(waves)
-    rotated = xp.tensordot(rotation.astype(waves.dtype), waves, axes=([1], [1]))
-    return xp.ascontiguousarray(xp.moveaxis(rotated, 0, 1))
 
 
 def update_views(
@@ -159,9 +224,9 @@ def update_views(
     """One DM exit-wave update (eqs. 3-4) of every view in the chunk, in place, fused with the
     first :func:`object_partials` of the iteration.
 
-    probe : (M_P, H, W), obj : (M_O, Y, X), the current estimates. rotation : optional
-    (M_P, M_P) probe-mode rotation that was applied to the probe since the last update; it is
-    applied to psi first so that psi stays consistent with the orthogonalised modes.
+    probe : (M_P, H, W), obj : (M_O, Y, X), the current estimates. rotation : (M_P, M_P), a
+    probe-mode rotation the probe has had since the last update, or None; the batch ops apply it
+    to psi (first, or within the fused kernels) so that psi stays consistent with the modes.
     noise_bound : Fourier-constraint relaxation (:func:`~ptychograph.fourier.modulus_constraint`).
     The object update right after the exit-wave update uses the same probe, so each batch's
     shifted probe S_j P is computed once and psi is read once while it is hot in cache; it also
@@ -172,6 +237,7 @@ def update_views(
     batch_ops = _ops(ops)
     xp = get_array_module(probe)
     obj_shape = (int(obj.shape[1]), int(obj.shape[2]))
+    shifted = shifted_probe(chunk, probe, rotation, batch_size)
 
     def work(batches: list[slice]) -> tuple[FourierError, OverlapPartials | None]:
         sums = None
@@ -179,13 +245,10 @@ def update_views(
             sums = _zero_partials(xp, (obj.shape[0], *obj_shape), probe.dtype, chunk)
         error = FourierError(0.0, 0.0)
         for sl in batches:
-            if rotation is not None:
-                chunk.exit_waves[sl] = rotate_modes(chunk.exit_waves[sl], rotation)
-            probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
             obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
             error = error + batch_ops.exit_wave_update(
                 chunk.exit_waves[sl],
-                probe_views,
+                batch_probe(chunk, shifted, sl, probe),
                 obj_views,
                 chunk.corners[sl],
                 chunk.amplitudes[sl],
@@ -193,6 +256,7 @@ def update_views(
                 beta,
                 noise_bound,
                 sums,
+                rotation,
             )
         return error, sums
 
@@ -220,12 +284,13 @@ def object_partials(
     batch_ops = _ops(ops)
     xp = get_array_module(probe)
     n_obj_modes = chunk.exit_waves.shape[2]
+    shifted = shifted_probe(chunk, probe, batch_size=batch_size)
 
     def work(batches: list[slice]) -> OverlapPartials:
         sums = _zero_partials(xp, (n_obj_modes, *obj_shape), probe.dtype, chunk)
         for sl in batches:
-            probe_views = chunk.shifter(sl, probe.dtype).shift(probe)
-            batch_ops.object_partials(chunk.exit_waves[sl], probe_views, chunk.corners[sl], sums)
+            views = batch_probe(chunk, shifted, sl, probe)
+            batch_ops.object_partials(chunk.exit_waves[sl], views, chunk.corners[sl], sums)
         return sums
 
     return _sum_parts(_in_threads(work, chunk.n_views, batch_size, xp))
@@ -252,18 +317,29 @@ def probe_partials(
     batch_ops = _ops(ops)
     xp = get_array_module(obj)
     n_probe_modes = chunk.exit_waves.shape[1]
+    shifted = shifted_probe(chunk, probe, batch_size=batch_size)
+    binned = shifted is not None and shifted.shape[0] > 1
+    used, bins = chunk.table.bins(chunk.slots()) if binned else (None, None)
+    shape = (n_probe_modes,) if used is None else (len(used), n_probe_modes)
 
     def work(batches: list[slice]) -> OverlapPartials:
-        sums = _zero_partials(xp, (n_probe_modes, *chunk.frame_shape), obj.dtype, chunk)
+        sums = _zero_partials(xp, (*shape, *chunk.frame_shape), obj.dtype, chunk)
         for sl in batches:
             obj_views = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
-            shifter = chunk.shifter(sl, obj.dtype)
             batch_ops.probe_partials(
-                chunk.exit_waves[sl], shifter.shift(probe), obj_views, shifter.ramps, sums
+                chunk.exit_waves[sl],
+                batch_probe(chunk, shifted, sl, probe),
+                obj_views,
+                None if bins is not None else chunk.shifter(sl, obj.dtype).ramps,
+                sums,
+                bins=None if bins is None else bins[sl],
             )
         return sums
 
-    return _sum_parts(_in_threads(work, chunk.n_views, batch_size, xp))
+    total = _sum_parts(_in_threads(work, chunk.n_views, batch_size, xp))
+    if used is None:
+        return total
+    return OverlapPartials(chunk.table.sum_adjoint(total.numerator, used), total.denominator)
 
 
 def _ops(ops: BatchOps | None) -> BatchOps:
@@ -274,9 +350,9 @@ def _zero_partials(
     xp: Any, numerator_shape: tuple[int, ...], dtype: Any, chunk: ViewChunk
 ) -> OverlapPartials:
     """Zero sums to add batches into: the numerator in ``dtype``, the denominator (the
-    numerator's trailing shape) in the chunk's real dtype."""
+    numerator's last two axes) in the chunk's real dtype."""
     numerator = xp.zeros(numerator_shape, dtype=dtype)
-    return OverlapPartials(numerator, xp.zeros(numerator_shape[1:], dtype=chunk.amplitudes.dtype))
+    return OverlapPartials(numerator, xp.zeros(numerator_shape[-2:], dtype=chunk.amplitudes.dtype))
 
 
 def _sum_parts(parts: list[Any]) -> OverlapPartials:
@@ -295,7 +371,7 @@ def _in_threads(
     partial sums; the caller adds them in thread order, so the result does not depend on
     timing. On CuPy (one device stream) all batches run in order in one call.
     """
-    batches = list(_batches(n_views, batch_size))
+    batches = list(batch_slices(n_views, batch_size))
     threads = min(fft_workers(), len(batches)) if xp is np else 1
     if threads <= 1:
         return [work(batches)]

@@ -63,7 +63,8 @@ def good(simulated_scan: Path) -> GoodScan:
 def old_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small Zarr store standing in for the result of an earlier run (copied per test)."""
     path = tmp_path_factory.mktemp("old") / "result.zarr"
-    ds = xr.Dataset({"stale": ("x", np.arange(4.0))}, attrs={"note": "an earlier result"})
+    attrs = {"note": "an earlier result", "ptychograph_version": "0", "config": {}}
+    ds = xr.Dataset({"stale": ("x", np.arange(4.0))}, attrs=attrs)
     ds.to_zarr(path, consolidated=False)
     return path
 
@@ -228,20 +229,15 @@ HTTP_REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 
 @pytest.mark.parametrize(
-    "answer",
+    ("answer", "words"),
     [
-        pytest.param(
-            None,
-            id="accepts-but-never-answers",
-        ),
-        pytest.param(
-            HTTP_REPLY,
-            id="answers-http",
-        ),
+        pytest.param(None, "did not answer", id="accepts-but-never-answers"),
+        # issue 11, item 16: was reported as "(MemoryError)"
+        pytest.param(HTTP_REPLY, "not as a Dask scheduler", id="answers-http"),
     ],
 )
 def test_scheduler_that_does_not_answer_fails_in_bounded_time(
-    answer: bytes | None, good: GoodScan, tmp_path: Path
+    answer: bytes | None, words: str, good: GoodScan, tmp_path: Path
 ) -> None:
     shutil.copyfile(good.cxi, tmp_path / "scan.cxi")
     (tmp_path / OUTPUT).parent.mkdir()
@@ -251,6 +247,6 @@ def test_scheduler_that_does_not_answer_fails_in_bounded_time(
         config = write_config(tmp_path, {**base_config(), "cluster": cluster})
         entries = tree(tmp_path)
         result, seconds = run_script("run", config, limit=limit)
-    result.assert_input_error("cluster.address", address)
+    result.assert_input_error("cluster.address", address, words)
     assert seconds < limit
     assert tree(tmp_path) == entries

@@ -60,13 +60,19 @@ def set_nan(frames: np.ndarray) -> None:
 
 
 def write_old_store(path: Path) -> None:
-    """A small, valid Zarr store standing in for an earlier result."""
-    xr.Dataset({"stale": ("x", np.arange(4.0))}).to_zarr(path, consolidated=False)
+    """A small Zarr store standing in for an earlier result (with the attributes by which
+    ptychograph recognises a result it wrote)."""
+    attrs = {"ptychograph_version": "0", "config": {}}
+    xr.Dataset({"stale": ("x", np.arange(4.0))}, attrs=attrs).to_zarr(path, consolidated=False)
+
+
+#: The start of a PNG drawn by matplotlib: what ptychograph recognises as a figure it may replace.
+OLD_FIGURE = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR old\0\0\0:tEXtSoftware\0Matplotlib version3"
 
 
 def test_existing_output_is_kept_without_overwrite(workspace: Workspace, cli: Cli) -> None:
     write_old_store(workspace.store)
-    (workspace.out / "result.png").write_bytes(b"old figure")
+    (workspace.out / "result.png").write_bytes(OLD_FIGURE)
     before = file_bytes(workspace.root)
     entries = tree(workspace.root)
     result = cli("run", workspace.config_path)
@@ -89,7 +95,7 @@ def test_existing_figure_alone_is_kept_without_overwrite(workspace: Workspace, c
 
 def test_existing_output_is_replaced_with_overwrite(workspace: Workspace, cli: Cli) -> None:
     write_old_store(workspace.store)
-    (workspace.out / "result.png").write_bytes(b"old figure")
+    (workspace.out / "result.png").write_bytes(OLD_FIGURE)
     result = cli("run", workspace.config_path, "--overwrite")
     assert result.code == 0, result.stderr
     assert_clean_output(workspace)

@@ -48,7 +48,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.reconstruction.precision == "single"
     assert config.data.nonfinite == "error" and config.data.negative == "error"
     assert config.initial.probe == "auto"
-    assert config.output.path == tmp_path / "result.zarr"
+    assert config.output.path == Path.cwd() / "result.zarr"  # a default: the current folder
     assert config.output.figure is True
 
 
@@ -239,7 +239,7 @@ def test_later_override_wins(tmp_path: Path) -> None:
 
 def test_override_can_supply_the_data_section(tmp_path: Path) -> None:
     config = load_config(dump(tmp_path, "reconstruction:\n  iterations: 2\n"), ["data.path=a.cxi"])
-    assert config.data.path == tmp_path / "a.cxi"
+    assert config.data.path == Path.cwd() / "a.cxi"  # --set paths: against the current folder
 
 
 @pytest.mark.parametrize(
@@ -300,8 +300,7 @@ def test_relative_paths_are_resolved_against_the_config_folder(
     path = folder / "run.yaml"
     path.write_text(text)
     config = load_config(Path("..") / "configs" / "run.yaml")
-    base = Path("..") / "configs"
-    assert config.data.path == base / "../data/scan.cxi"
+    assert config.data.path == tmp_path / "data" / "scan.cxi"  # absolute, for the workers
     assert config.data.path.resolve() == tmp_path / "data" / "scan.cxi"
     assert config.initial.probe_path is not None and config.initial.previous is not None
     assert config.initial.probe_path.resolve() == folder / "probe.npy"
@@ -317,9 +316,18 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
     assert config.output.path == out
 
 
-def test_default_output_is_beside_the_config(tmp_path: Path) -> None:
+def test_default_output_is_in_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path the file does not give is not the file's: it goes where the user is (issue 11,
+    so that the example configs in the repository never write into it)."""
+    here = tmp_path / "shell"
+    here.mkdir()
+    monkeypatch.chdir(here)
     config = load_config(dump(tmp_path, "data:\n  path: scan.cxi\n"))
-    assert config.output.path == tmp_path / "result.zarr"
+    assert config.output.path == here / "result.zarr"
+    assert config.output.checkpoint_path == here / "result.checkpoint.zarr"
+    assert config.data.path == tmp_path / "scan.cxi"
 
 
 # --- the file itself ----------------------------------------------------------------------

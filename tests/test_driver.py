@@ -184,6 +184,32 @@ def _model_error(state: State, scan, problem) -> float:  # type: ignore[no-untyp
     return float(executor.map_reduce(model_error_task, state).value)
 
 
+def test_reset_drops_a_pending_mode_rotation(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """psi = P O is made from the probe as it is: after a reset (recovery from a lost worker,
+    a hook's restart) a rotation still pending in the sync point must not be applied to psi
+    again, or the first iteration after it turns psi twice."""
+    from ptychograph.algorithms.dm import update_task
+    from ptychograph.engine import load_validated
+
+    config = _config(scan_path, tmp_path / "r.zarr", iterations=2, probe_modes=2)
+    scan, _ = load_validated(config)
+    problem = prepare(scan, config)
+    amplitudes = np.sqrt(scan.frames)
+    q, _ = np.linalg.qr(np.array([[1.0, 2.0], [0.5, -1.0]]) + 0j)
+    state = problem.state.replace(rotation=q)
+    executor = LocalExecutor.from_frames(amplitudes, problem.origins, None, 16, "fourier")
+    handle = executor.reset(state)
+    assert handle.rotation is None
+    plain = LocalExecutor.from_frames(amplitudes, problem.origins, None, 16, "fourier")
+    plain.reset(problem.state)
+    turned = executor.map_reduce(update_task, handle, 1.0, 0.0)
+    straight = plain.map_reduce(update_task, problem.state, 1.0, 0.0)
+    # the object terms of the updated psi (the error is phi's, before the update)
+    np.testing.assert_allclose(
+        turned.partials.numerator, straight.partials.numerator, rtol=1e-6, atol=1e-6
+    )
+
+
 def test_returned_state_fits_at_least_as_well_as_the_last_iterate(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from ptychograph.engine import load_validated
 

@@ -39,6 +39,7 @@ import pytest
 
 from ptychograph import gpu
 from ptychograph.backend import device_available
+from ptychograph.cpu_ops import CpuOps
 from ptychograph.fourier import fourier_error, modulus_constraint
 from ptychograph.gpu import kernels as gpu_kernels
 from ptychograph.gpu.ops import CupyOps, noise_steps
@@ -61,6 +62,8 @@ BETA = 0.8
 #: CuPy installed on a machine without a GPU skips too).
 requires_device = pytest.mark.skipif(not device_available(), reason="needs CuPy and a CUDA device")
 #: Batches on the host and on the device: dtype x frame size x sub-pixel (or integer) positions.
+#: The host ops: the NumPy reference and the CPU ops a NumPy worker runs (the same results).
+HOST_OPS = pytest.mark.parametrize("ops", [NumpyOps, CpuOps], ids=["reference", "cpu"])
 BATCHES = pytest.mark.parametrize(
     "dtype, size, subpixel", list(itertools.product(DTYPES, SIZES, [True, False]))
 )
@@ -312,14 +315,15 @@ def noise_bound_between(batch: Batch) -> float:
     "subpixel, masked, relaxed", [(True, True, False), (False, False, False), (True, True, True)]
 )
 @pytest.mark.parametrize("fused", [False, True], ids=["update", "fused"])
+@HOST_OPS
 def test_numpy_exit_wave_update_follows_the_equations(
-    dtype, size, subpixel, masked, relaxed, fused
+    dtype, size, subpixel, masked, relaxed, fused, ops
 ):
     batch = make_batch(dtype, size, subpixel=subpixel, masked=masked)
     noise_bound = noise_bound_between(batch) if relaxed else 0.0
     arrays = host_arrays(batch)
     sums = zero_sums(np, batch.obj.shape, dtype) if fused else None
-    error = run_update(NumpyOps(), arrays, noise_bound, sums)
+    error = run_update(ops(), arrays, noise_bound, sums)
     psi = arrays["psi"]
     expected = np.stack([updated_view(batch, j, BETA, noise_bound) for j in range(psi.shape[0])])
     assert psi.dtype == dtype
@@ -334,10 +338,11 @@ def test_numpy_exit_wave_update_follows_the_equations(
 
 
 @BATCHES
-def test_numpy_object_partials_follow_the_equations(dtype, size, subpixel):
+@HOST_OPS
+def test_numpy_object_partials_follow_the_equations(dtype, size, subpixel, ops):
     batch = make_batch(dtype, size, subpixel=subpixel)
     sums = zero_sums(np, batch.obj.shape, dtype)
-    result = NumpyOps().object_partials(batch.psi, batch.probe_views, batch.corners, sums)
+    result = ops().object_partials(batch.psi, batch.probe_views, batch.corners, sums)
     assert result is sums
     expected = object_sums(batch)
     assert_partials_close(sums, expected, SUM_TOL[dtype])
@@ -347,17 +352,16 @@ def test_numpy_object_partials_follow_the_equations(dtype, size, subpixel):
         half = replace(
             batch, psi=batch.psi[part], corners=batch.corners[part], frac=batch.frac[part]
         )
-        NumpyOps().object_partials(half.psi, half.probe_views, half.corners, halves)
+        ops().object_partials(half.psi, half.probe_views, half.corners, halves)
     assert_partials_close(halves, expected, SUM_TOL[dtype])
 
 
 @BATCHES
-def test_numpy_probe_partials_follow_the_equations(dtype, size, subpixel):
+@HOST_OPS
+def test_numpy_probe_partials_follow_the_equations(dtype, size, subpixel, ops):
     batch = make_batch(dtype, size, subpixel=subpixel)
     sums = zero_sums(np, batch.probe.shape, dtype)
-    NumpyOps().probe_partials(
-        batch.psi, batch.probe_views, batch.obj_views, batch.shifter.ramps, sums
-    )
+    ops().probe_partials(batch.psi, batch.probe_views, batch.obj_views, batch.shifter.ramps, sums)
     expected = probe_sums(batch)
     assert sums.numerator.dtype == dtype
     assert_partials_close(sums, expected, SUM_TOL[dtype])
@@ -365,11 +369,12 @@ def test_numpy_probe_partials_follow_the_equations(dtype, size, subpixel):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("subpixel", [True, False])
-def test_object_partials_are_the_adjoint_of_the_forward_model(dtype, subpixel):
+@HOST_OPS
+def test_object_partials_are_the_adjoint_of_the_forward_model(dtype, subpixel, ops):
     """<numerator, Q> = <psi, (S_j P)(E_j Q)> for any object Q; the denominator sums
     |S_j P|^2, so its total is the views' probe power (S_j is unitary)."""
     batch = make_batch(dtype, (33, 47), subpixel=subpixel)
-    sums = NumpyOps().object_partials(
+    sums = ops().object_partials(
         batch.psi, batch.probe_views, batch.corners, zero_sums(np, batch.obj.shape, dtype)
     )
     other = make_batch(dtype, (33, 47), seed=5).obj
@@ -381,11 +386,12 @@ def test_object_partials_are_the_adjoint_of_the_forward_model(dtype, subpixel):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("subpixel", [True, False])
-def test_probe_partials_are_the_adjoint_of_the_forward_model(dtype, subpixel):
+@HOST_OPS
+def test_probe_partials_are_the_adjoint_of_the_forward_model(dtype, subpixel, ops):
     """<numerator, Q> = <psi - phi, (S_j Q)(E_j O)> for any probe Q (S_j^H is the adjoint of
     the shift S_j of the forward model); the denominator sums |E_j O|^2."""
     batch = make_batch(dtype, (33, 47), subpixel=subpixel)
-    sums = NumpyOps().probe_partials(
+    sums = ops().probe_partials(
         batch.psi,
         batch.probe_views,
         batch.obj_views,
@@ -462,7 +468,7 @@ def test_views_route_every_batch_through_the_given_ops():
     assert counting.calls == {"exit_wave_update": 3, "object_partials": 3 + 3, "probe_partials": 3}
 
 
-@pytest.mark.parametrize("backend, kind", [("numpy", NumpyOps), ("cupy", CupyOps)])
+@pytest.mark.parametrize("backend, kind", [("numpy", CpuOps), ("cupy", CupyOps)])
 def test_select_ops_picks_the_backend(backend, kind):
     ops = select_ops(backend)
     assert type(ops) is kind and ops.name == backend

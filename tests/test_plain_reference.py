@@ -3,7 +3,9 @@
 ``benchmarks/plain_dm.py`` implements the same iteration the straightforward way (a loop over
 views, one FFT per view, object insertion by slicing). Two iterations from the same start must
 give the same probe, object, exit waves and Fourier error to double-precision round-off, with
-and without sub-pixel positions, noise relaxation, and the fused first object-partials sweep.
+and without sub-pixel positions (on ptychograph's grid of offsets, where its table of shifted
+probes is exact; tests/test_shifted_probe.py covers the rounding), noise relaxation, and the
+fused first object-partials sweep.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from ptychograph.partials import OverlapPartials, regularised_divide, regularised_step
+from ptychograph.shifted_probe import SUBPIXEL_STEPS
 from ptychograph.views import (
     ViewChunk,
     make_chunk,
@@ -57,6 +60,7 @@ def scene(
     size, n_views = 32, 20
     grid = np.stack(np.divmod(np.arange(n_views), 5), axis=1) * 6.0 + 3
     origins = grid + (rng.uniform(-1.5, 1.5, grid.shape) if subpixel else 0)
+    origins = np.round(origins * SUBPIXEL_STEPS) / SUBPIXEL_STEPS  # on ptychograph's grid
     side = int(np.ceil(origins.max())) + size + 4
     yy, xx = np.mgrid[:size, :size] - size / 2
     disc = np.exp(-(yy**2 + xx**2) / 60.0) * np.exp(0.02j * (yy**2 + xx**2))

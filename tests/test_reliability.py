@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,3 +142,46 @@ def test_killed_run_resumes_from_its_checkpoint(scan_path, tmp_path, attempt) ->
         a = float(resumed["fourier_error"][-1])
         b = float(uninterrupted["fourier_error"][-1])
     assert abs(a - b) < 0.05 * b, (a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_run_killed_while_writing_a_checkpoint(scan_path, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL while a checkpoint is being written (its hidden .tmp store exists): the last
+    complete checkpoint stays readable, --resume finishes the run, and the leftover .tmp of
+    the killed write is removed by it (issue 11, items 14-15)."""
+    out = tmp_path / "r.zarr"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(
+        f"data: {{path: {scan_path}}}\n"
+        "reconstruction: {iterations: 80, probe_modes: 2, seed: 1}\n"
+        f"output: {{path: {out}, checkpoint_every: 1, figure: false}}\n"
+        "cluster: {n_workers: 1, threads_per_worker: 1, chunk_frames: 30, sync_every: 1}\n"
+    )
+    exe = str(Path(sys.executable).parent / "ptychograph")
+    checkpoint = tmp_path / "r.checkpoint.zarr"
+    leftovers: list[str] = []
+    for _ in range(3):  # the write may end between seeing it and the kill: try again
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        proc = subprocess.Popen([exe, "run", str(config_path)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        caught: list[str] = []
+        while time.monotonic() < deadline and proc.poll() is None and not caught:
+            if checkpoint.exists():
+                caught = [n for n in os.listdir(tmp_path) if n.startswith(".r.checkpoint.zarr.")]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".r.checkpoint.zarr.")]
+        if leftovers:
+            break
+    assert leftovers, "no run was killed during a checkpoint write"
+    assert not out.exists()
+    sync = load_checkpoint(tmp_path / "r.checkpoint.zarr", load_config(config_path))
+    assert sync.iteration >= 1
+    done = subprocess.run(
+        [exe, "run", str(config_path), "--resume"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+    with open_result(out) as ds:
+        assert ds.sizes["iteration"] == 80

@@ -11,8 +11,10 @@ import pytest
 from distributed import Client, LocalCluster
 
 from ptychograph.cli import _progress, main
+from ptychograph.cluster import resolve_backend
 from ptychograph.engine import reconstruct
 from ptychograph.io.cxi import write_cxi
+from ptychograph.results import open_result
 from ptychograph.simulate import SimulationConfig, simulate
 from ptychograph.state import History
 
@@ -64,12 +66,33 @@ def test_preview_and_plot_command(client, tmp_path) -> None:  # type: ignore[no-
     }
     reconstruct(raw, client=client)
     assert (tmp_path / "r.preview.png").stat().st_size > 5_000
+    attrs = open_result(tmp_path / "r.zarr").attrs  # how it ran, from the engine
+    expected = resolve_backend("auto")  # numpy here, cupy on a GPU machine
+    assert (attrs["backend"], attrs["workers"]) == (expected, 1) and attrs["wall_seconds"] > 0
     (tmp_path / "r.png").unlink()
-    assert main(["plot", str(tmp_path / "r.zarr")]) == 0
+    assert main(["plot", str(tmp_path / "r.zarr"), "--remove-phase-ramp"]) == 0
     assert (tmp_path / "r.png").stat().st_size > 10_000
     assert main(["plot", str(tmp_path / "r.zarr"), "--out", str(tmp_path / "x.png")]) == 0
     assert main(["plot", str(tmp_path / "missing.zarr")]) == 2
     assert main(["plot", str(tmp_path / "s.cxi")]) == 2
+
+
+def test_resume_says_where_it_continues(client, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    sim = simulate(SimulationConfig(n_frames=20, frame_size=32, photons=1e5))
+    write_cxi(tmp_path / "s.cxi", sim.scan)
+    raw = {
+        "data": {"path": str(tmp_path / "s.cxi")},
+        "reconstruction": {"iterations": 4},
+        "output": {"path": str(tmp_path / "r.zarr"), "checkpoint_every": 2},
+    }
+    with caplog.at_level(logging.INFO, logger="ptychograph"):
+        reconstruct({**raw, "output": {**raw["output"], "keep_checkpoint": True}}, client=client)
+        raw["reconstruction"] = {"iterations": 6}
+        reconstruct(raw, client=client, resume=True, overwrite=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("resuming from" in m and "at iteration 4" in m for m in messages)
+    assert any("removed its checkpoint" in m for m in messages)
+    assert not (tmp_path / "r.checkpoint.zarr").exists()
 
 
 class FakeTerminal(io.StringIO):

@@ -199,7 +199,7 @@ def test_overwrite_refuses_unrelated_directory(tmp_path: Path) -> None:
     folder = tmp_path / "precious"
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
-    with pytest.raises(InputError, match="not a Zarr store"):
+    with pytest.raises(InputError, match="not written by ptychograph"):
         write_frames_store(make_scan(), folder, overwrite=True)
     assert (folder / "notes.txt").read_text() == "keep me"
 

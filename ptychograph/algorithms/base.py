@@ -16,11 +16,32 @@ waits for a handle; the driver fetches what it needs (metrics, sync points).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, fields, is_dataclass, replace
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from ptychograph.backend import to_host
+
+T = TypeVar("T")
 
 #: A value or a future of one, depending on the executor.
 Handle = Any
+
+
+def on_host(value: T) -> T:
+    """``value`` with every array in it (fields of dataclasses, recursively) in host memory.
+
+    Per-chunk tasks return their partial sums through this: the reduction and the steps on
+    reduced values run with the estimates of :class:`~ptychograph.state.State`, which live in
+    host memory, so a GPU worker's partials must come back from the device (CuPy refuses to
+    mix the two; docs/design.md, "Seams")."""
+    if is_dataclass(value) and not isinstance(value, type):
+        moved = {f.name: on_host(getattr(value, f.name)) for f in fields(value) if f.init}
+        return replace(value, **moved)
+    if type(value) is np.ndarray or not (hasattr(value, "shape") and hasattr(value, "dtype")):
+        return value
+    return to_host(value)  # type: ignore[return-value]
 
 
 class Executor(Protocol):

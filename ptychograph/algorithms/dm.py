@@ -28,6 +28,7 @@ from ptychograph.partials import (
     regularised_step,
     tree_sum,
 )
+from ptychograph.positions import follow_all
 from ptychograph.resident import ResidentViews
 from ptychograph.state import State, relative_change
 from ptychograph.views import object_partials, probe_partials, update_views
@@ -38,7 +39,7 @@ class DMOptions:
     """Settings of the DM iteration (the ``reconstruction`` keys of the same names)."""
 
     beta: float = 0.8
-    overlap_passes: int = 2
+    overlap_passes: int = 1
     probe_update_start: int = 2
     regularisation: float = 1e-2
     orthogonalise_probe: bool = True
@@ -59,6 +60,7 @@ class UpdateParts:
 # ---------------------------------------------------------------- per-chunk tasks
 def update_task(views: ResidentViews, state: State, beta: float, noise_bound: float) -> UpdateParts:
     """Eqs. 3-4 on every resident view, fused with the first object partials (eq. 6)."""
+    follow_all(views.chunks, state.origins)
     probe, obj = views.device(state.probe), views.device(state.obj)
     rotation = views.device(state.rotation)
     parts = []
@@ -73,6 +75,7 @@ def update_task(views: ResidentViews, state: State, beta: float, noise_bound: fl
 
 def object_partials_task(views: ResidentViews, state: State) -> OverlapPartials:
     """Eq. 6 partial sums of the resident views."""
+    follow_all(views.chunks, state.origins)
     probe = views.device(state.probe)
     shape = (int(state.obj.shape[1]), int(state.obj.shape[2]))
     return tree_sum(
@@ -82,6 +85,7 @@ def object_partials_task(views: ResidentViews, state: State) -> OverlapPartials:
 
 def probe_partials_task(views: ResidentViews, state: State) -> OverlapPartials:
     """Eq. 5 partial sums (residual form) of the resident views."""
+    follow_all(views.chunks, state.origins)
     probe, obj = views.device(state.probe), views.device(state.obj)
     return tree_sum(
         [probe_partials(c, obj, probe, views.batch_size, ops=views.ops) for c in views.chunks]
@@ -122,6 +126,9 @@ class DifferenceMap:
     """DM as an :class:`~ptychograph.algorithms.base.Algorithm`."""
 
     name = "dm"
+    #: The resident exit waves are this algorithm's (position correction's leave-one-out
+    #: object, :mod:`ptychograph.positions`, is formed from them).
+    holds_exit_waves = True
 
     def __init__(self, options: DMOptions) -> None:
         self.options = options

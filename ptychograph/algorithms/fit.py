@@ -8,6 +8,7 @@ iterate's.
 from __future__ import annotations
 
 from ptychograph.partials import FourierError, tree_sum
+from ptychograph.positions import follow_all
 from ptychograph.resident import ResidentViews
 from ptychograph.state import State
 from ptychograph.views import model_error
@@ -15,6 +16,7 @@ from ptychograph.views import model_error
 
 def model_error_task(views: ResidentViews, state: State) -> FourierError:
     """Per-slot terms of the model error of ``state`` (psi untouched)."""
+    follow_all(views.chunks, state.origins)
     probe, obj = views.device(state.probe), views.device(state.obj)
     parts = [model_error(c, probe, obj, views.batch_size) for c in views.chunks]
     return tree_sum(parts) if parts else FourierError(0.0, 0.0)

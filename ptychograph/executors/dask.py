@@ -14,6 +14,7 @@ redone (:meth:`DaskExecutor.recover`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -28,10 +29,13 @@ from ptychograph.executors import WorkerLost
 from ptychograph.executors.placement import (
     Placement,
     assign_ranges,
+    fit_growth,
     n_views,
     plan_memory,
     reassign,
+    rebalance,
     select_workers,
+    spread,
 )
 from ptychograph.executors.worker import (
     FrameStats,
@@ -40,12 +44,18 @@ from ptychograph.executors.worker import (
     combine,
     load_task,
     on_views,
+    set_batch_size,
 )
-from ptychograph.memory import estimate
+from ptychograph.growth import drop_task
+from ptychograph.memory import estimate, worker_limits
+from ptychograph.partials import tree_sum
 from ptychograph.resident import reset_views
 from ptychograph.state import State, SyncPoint
 
 log = logging.getLogger("ptychograph")
+
+#: Attempts to place a lost worker's frames on others before the run gives up.
+MAX_LOAD_ATTEMPTS = 5
 
 
 class DaskExecutor:
@@ -73,7 +83,15 @@ class DaskExecutor:
         self.sizes = sizes
         self.config = config
         self.name = f"ptychograph-{uuid.uuid4().hex[:12]}"
-        client.register_plugin(ViewHolder(), name=self.name)
+        self.given: list[str] | None = None  # the workers a run was restricted to
+        for attempt in range(MAX_LOAD_ATTEMPTS):
+            try:  # a worker dying now fails the broadcast; the others are asked again
+                client.register_plugin(ViewHolder(), name=self.name)
+                break
+            except OSError as err:
+                if attempt == MAX_LOAD_ATTEMPTS - 1:
+                    raise WorkerLost(f"while starting the run ({type(err).__name__})") from None
+                time.sleep(1.0)
 
     @classmethod
     def open(
@@ -92,17 +110,26 @@ class DaskExecutor:
         reduced frame sums."""
         rec, cluster = config.reconstruction, config.cluster
         chosen = select_workers(client, cluster.n_workers, workers)
+        if len(chosen) > len(origins):
+            log.warning("%d frames: using %d of the %d workers", *(len(origins),) * 2, len(chosen))
+            chosen = chosen[: len(origins)]
         ranges = assign_ranges(len(origins), chunk_frames, len(chosen))
         log.info(
-            "%d frames on %d workers: %s",
+            "%d frame%s on %d worker%s: %s",
             len(origins),
+            "" if len(origins) == 1 else "s",
             len(chosen),
+            "" if len(chosen) == 1 else "s",
             ", ".join(str(n_views(r)) for r in ranges),
         )
         placement = dict(zip(chosen, ranges, strict=True))
         batch = plan_memory(client, placement, frame_shape, obj_shape, config)
-        spec = LoadSpec(cluster.backend, rec.precision, batch, rec.subpixel, good)
+        data = config.data
+        spec = LoadSpec(
+            cluster.backend, rec.precision, batch, rec.subpixel, good, data.nonfinite, data.negative
+        )
         executor = cls(client, store, origins, placement, spec, (frame_shape, obj_shape), config)
+        executor.given = workers
         try:
             stats = executor.load(placement)
         except BaseException:
@@ -135,76 +162,200 @@ class DaskExecutor:
 
     # ------------------------------------------------------------ the driver's interface
     def publish(self, value: Any) -> Any:
-        [future] = self.client.scatter([value], workers=self.workers, hash=False)
+        try:
+            [future] = self.client.scatter([value], workers=self.workers, hash=False)
+        except (OSError, TimeoutError) as err:  # a worker gone or frozen while receiving
+            raise WorkerLost(f"a receiver of the estimates ({type(err).__name__})") from None
         return future
 
-    def fetch(self, handle: Any) -> Any:
-        """The future's result, raising :class:`WorkerLost` as soon as a view holder is gone."""
+    def fetch(self, handle: Any, watch: list[str] | None = None) -> Any:
+        """The future's result, raising :class:`WorkerLost` as soon as a view holder (or one
+        of ``watch``) is gone, or has sent no heartbeat for ``cluster.worker_timeout`` s."""
         # Poll done() rather than result(timeout=...): on this distributed version a result()
         # that times out cancels the future, and the next call fails.
+        watched = self.workers if watch is None else watch
         next_check = time.monotonic() + 0.5
         while not handle.done():
             time.sleep(0.01)
             if time.monotonic() < next_check:
                 continue
             next_check = time.monotonic() + 0.5
-            alive = set(self.client.scheduler_info()["workers"])
-            gone = [w for w in self.workers if w not in alive]
-            if gone:
-                raise WorkerLost(", ".join(gone))
+            self._check_alive(watched)
         if handle.status == "cancelled":
             # the client lost contact with the scheduler for a moment (busy or restarted
             # machine): its futures are cancelled, but the workers still hold their views
             raise WorkerLost("none (the client's futures were cancelled)")
         return handle.result()
 
+    def _check_alive(self, watched: list[str]) -> None:
+        """Raise WorkerLost for workers that left, or that stopped answering (then they are
+        removed from the scheduler, so that nothing waits on them any more)."""
+        silence = self._silences()
+        gone = [w for w in watched if w not in silence]
+        if gone:
+            raise WorkerLost(", ".join(gone))
+        limit = self.config.cluster.worker_timeout
+        frozen = [w for w in watched if silence[w] > limit]
+        if frozen:
+            log.warning(
+                "worker(s) %s sent no heartbeat for more than %g s (cluster.worker_timeout); "
+                "treating them as lost",
+                ", ".join(frozen),
+                limit,
+            )
+            self._drop(frozen)
+            raise WorkerLost(", ".join(frozen))
+
+    def _silences(self) -> dict[str, float]:
+        """Seconds since each worker's last heartbeat, measured by the scheduler's clock."""
+
+        def silences(dask_scheduler: Any) -> dict[str, float]:
+            from time import time as now
+
+            return {a: now() - ws.last_seen for a, ws in dask_scheduler.workers.items()}
+
+        result: dict[str, float] = self.client.run_on_scheduler(silences)
+        return result
+
+    def _drop(self, addresses: list[str]) -> None:
+        """Remove unresponsive workers from the scheduler (their tasks are released)."""
+
+        async def remove(addresses: list[str], dask_scheduler: Any = None) -> None:
+            for address in addresses:
+                await dask_scheduler.remove_worker(
+                    address=address, stimulus_id="ptychograph-unresponsive", close=True
+                )
+
+        self.client.run_on_scheduler(remove, addresses)
+
     def reset(self, state: State) -> Any:
-        """Scatter ``state`` and set psi = P O on every worker; returns the state's future."""
-        handle = self.publish(state)
+        """Scatter ``state``, psi = P O everywhere; its future, without a pending rotation."""
+        handle = self.publish(state.replace(rotation=None))
         tag = uuid.uuid4().hex[:6]
         counts = [
             self._on(w, on_views, self.name, reset_views, handle, key=f"reset-{tag}-{i}")
             for i, w in enumerate(self.workers)
         ]
-        self.client.gather(counts)
+        for count in counts:
+            self.fetch(count)
         return handle
 
     def recover(self, sync: SyncPoint, lost: str) -> Any:
-        """Move lost workers' frames to live workers and restart from ``sync``."""
-        alive = sorted(self.client.scheduler_info()["workers"])
+        """Move lost workers' frames to live workers and restart from ``sync`` (retried when
+        another worker is lost meanwhile, at most :data:`MAX_LOAD_ATTEMPTS` times)."""
+        for _ in range(MAX_LOAD_ATTEMPTS):
+            try:
+                moved = self._rehome(lost)
+                if moved:
+                    self.load(moved)
+                log.warning(
+                    "restarting from iteration %d with exit waves rebuilt from P and O",
+                    sync.iteration,
+                )
+                return self.reset(sync.state)
+            except WorkerLost as again:
+                lost = str(again)
+        raise WorkerLost(lost)
+
+    def _rehome(self, lost: str) -> Placement:
+        """Give the frames of workers no longer in the cluster to live ones; returns what
+        each receiving worker must load."""
+        alive = sorted(self._silences())
         self.placement, moved = reassign(self.placement, alive, self.config.cluster.n_workers)
         for worker, ranges in moved.items():
             log.warning(
                 "%d frames of lost worker(s) %s are re-read by %s", n_views(ranges), lost, worker
             )
+        return moved
+
+    def extend(
+        self, origins: np.ndarray, ranges: list[tuple[int, int]], obj_shape: tuple[int, int]
+    ) -> FrameStats | None:
+        """New frame ``ranges`` of a growing scan go to the least loaded workers, and workers
+        that joined the cluster take views from the busiest (docs/design.md, "Live
+        reconstruction"); each reads its new views as pending views, which
+        :func:`~ptychograph.growth.adopt_task` then takes. origins : (N, 2) of every frame
+        placed so far; obj_shape : the (grown) object's (Y, X). The memory check is redone
+        first (:func:`~ptychograph.executors.placement.fit_growth`). Returns the sum of the new
+        frames (None when there are none)."""
+        self.origins = origins
+        limit = self.config.cluster.n_workers
+        everyone = self.given or sorted(self.client.scheduler_info()["workers"])
+        room = len(everyone) if limit is None else limit - len(self.placement)
+        newcomers = [w for w in everyone if w not in self.placement][: max(room, 0)]
+        placement, new = spread(self.placement, [*self.placement, *newcomers], ranges)
+        moves = rebalance(placement, newcomers) if newcomers else []
+        self._fit_memory(placement, obj_shape)
+        self.placement = placement
+        for worker in newcomers:
+            log.info("worker %s joined the run", worker)
+        moved: dict[str, list[tuple[int, int]]] = {}
+        for source, target, rng in moves:
+            log.info("frames %d:%d move from %s to %s, which joined", *rng, source, target)
+            if rng in new.get(source, []):  # not loaded yet: load it there instead
+                new[source].remove(rng)
+                new.setdefault(target, []).append(rng)
+                continue
+            future = self._on(source, on_views, self.name, drop_task, [rng[0]], key="drop")
+            self.fetch(future, watch=[source])
+            moved.setdefault(target, []).append(rng)
+        new = {w: r for w, r in new.items() if r}
+        stats = self.load(new) if new else None
         if moved:
             self.load(moved)
-        log.warning(
-            "restarting from iteration %d with exit waves rebuilt from P and O", sync.iteration
-        )
-        return self.reset(sync.state)
+        return stats
+
+    def _fit_memory(self, placement: Placement, obj_shape: tuple[int, int]) -> None:
+        """Redo the memory check for ``placement`` and the grown object before loading;
+        a lowered batch size reaches the workers holding views now and those that join."""
+        frame_shape = self.sizes[0]
+        self.sizes = (frame_shape, obj_shape)
+        limits = worker_limits(self.client, list(placement))
+        batch = self.spec.batch_size
+        fitted = fit_growth(limits, placement, frame_shape, obj_shape, self.config, batch)
+        if fitted == batch:
+            return
+        log.warning("batch size lowered from %d to %d views to fit in memory", batch, fitted)
+        self.spec = dataclasses.replace(self.spec, batch_size=fitted)
+        tag = uuid.uuid4().hex[:6]
+        for i, worker in enumerate(self.workers):
+            task = (on_views, self.name, set_batch_size, fitted)
+            self.fetch(self._on(worker, *task, key=f"batch-{tag}-{i}"), watch=[worker])
 
     # ------------------------------------------------------------ helpers
     def load(self, ranges: Placement) -> FrameStats:
-        """Each named worker reads its ranges from the store; returns the reduced frame sums."""
+        """Each named worker reads its ranges from the store; returns the sum of the frames
+        loaded. A worker lost while loading has its ranges re-read by others."""
+        stats: dict[str, FrameStats] = {}
+        for _ in range(MAX_LOAD_ATTEMPTS):
+            futures = {w: self._load_on(w, mine) for w, mine in ranges.items()}
+            lost = []
+            for worker, future in futures.items():
+                try:
+                    done = self.fetch(future, watch=[worker])
+                except WorkerLost:
+                    lost.append(worker)
+                    continue
+                stats[worker] = stats[worker] + done if worker in stats else done
+            if not lost:
+                kept = [stats[w] for w in self.placement if w in stats]
+                total: FrameStats = tree_sum(kept)
+                return total
+            ranges = self._rehome(", ".join(lost))
+        raise WorkerLost(f"{MAX_LOAD_ATTEMPTS} attempts to load the frames failed")
+
+    def _load_on(self, worker: str, mine: list[tuple[int, int]]) -> Any:
         rec = self.config.reconstruction
         frame_shape, obj_shape = self.sizes
-        futures = []
-        for worker, mine in ranges.items():
-            rows = np.concatenate([np.arange(a, b) for a, b in mine])
-            need = estimate(
-                len(rows),
-                frame_shape,
-                obj_shape,
-                rec.start_probe_modes,
-                rec.object_modes,
-                rec.precision,
-                self.spec.batch_size,
-            ).total
-            args = (self.name, str(self.store), mine, self.origins[rows], self.spec, need)
-            futures.append(self._on(worker, load_task, *args, key=f"load-{uuid.uuid4().hex[:6]}"))
-        stats: FrameStats = self._reduce(futures, f"frame-sum-{uuid.uuid4().hex[:6]}").result()
-        return stats
+        rows = np.concatenate([np.arange(a, b) for a, b in mine])
+        sizes = (frame_shape, obj_shape, rec.start_probe_modes, rec.object_modes, rec.precision)
+        more = estimate(len(rows), *sizes, self.spec.batch_size)
+        held = n_views(self.placement.get(worker, [])) > len(rows)
+        # a worker that already holds views has its scratch and sums allocated: the new views
+        # need room for their exit waves and frames only
+        need = more.exit_waves + more.frames if held else more.total
+        args = (self.name, str(self.store.absolute()), mine, self.origins[rows], self.spec, need)
+        return self._on(worker, load_task, *args, key=f"load-{uuid.uuid4().hex[:6]}")
 
     def _on(self, worker: str, func: Any, *args: Any, key: str) -> Any:
         return self.client.submit(

@@ -44,7 +44,7 @@ class LocalExecutor:
                 continue
             views = ResidentViews(backend, batch_size, subpixel)
             views.good = views.device(good)
-            views.pending.append((views.device(amplitudes[a:b]), views.device(origins[a:b])))
+            views.pending.append((views.device(amplitudes[a:b]), views.device(origins[a:b]), a))
             slots.append(views)
         return cls(slots)
 
@@ -61,9 +61,11 @@ class LocalExecutor:
         return handle
 
     def reset(self, state: State) -> State:
+        """psi = P O everywhere; the state without a pending mode rotation (psi is made from
+        the probe as it is: rotating it again would turn it twice)."""
         for views in self.slots:
             reset_views(views, state)
-        return state
+        return state.replace(rotation=None)
 
     def recover(self, sync: SyncPoint, lost: str) -> State:  # pragma: no cover - never lost
         raise RuntimeError("an in-process run has no workers to lose")

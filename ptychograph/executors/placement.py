@@ -63,6 +63,45 @@ def reassign(
     return {w: ranges for w, ranges in kept.items() if ranges}, moved
 
 
+def spread(
+    placement: Placement, alive: Sequence[str], ranges: Sequence[tuple[int, int]]
+) -> tuple[Placement, Placement]:
+    """Give new frame ``ranges`` to the least loaded of the ``alive`` workers (workers that
+    joined the run first: they hold nothing). Returns the new placement and, per receiving
+    worker, the ranges it must load."""
+    kept = {w: list(placement.get(w, [])) for w in alive}
+    kept |= {w: list(r) for w, r in placement.items() if w not in kept}
+    moved: Placement = {}
+    for rng in ranges:
+        target = min(alive, key=lambda w: n_views(kept[w]))
+        kept[target].append(rng)
+        moved.setdefault(target, []).append(rng)
+    return {w: r for w, r in kept.items() if r}, moved
+
+
+def rebalance(
+    placement: Placement, newcomers: Sequence[str]
+) -> list[tuple[str, str, tuple[int, int]]]:
+    """Ranges to move from the most loaded workers to ``newcomers`` (workers that joined and
+    hold little), while a move narrows the gap: (from, to, range) for each. ``placement`` is
+    updated in place."""
+    moves = []
+    for target in newcomers:
+        placement.setdefault(target, [])
+        while True:
+            source = max(placement, key=lambda w: n_views(placement[w]))
+            gap = n_views(placement[source]) - n_views(placement[target])
+            smallest = min(placement[source], key=lambda r: r[1] - r[0], default=None)
+            if source == target or smallest is None or gap <= smallest[1] - smallest[0]:
+                break
+            placement[source].remove(smallest)
+            placement[target].append(smallest)
+            moves.append((source, target, smallest))
+    for worker in [w for w, r in placement.items() if not r]:
+        del placement[worker]
+    return moves
+
+
 def select_workers(client: Any, limit: int | None, given: Sequence[str] | None) -> list[str]:
     """Worker addresses to use: ``given``, else the client's, at most ``limit`` of them."""
     workers = list(given) if given else sorted(client.scheduler_info()["workers"])
@@ -103,3 +142,53 @@ def plan_memory(
             "batch size lowered from %d to %d views to fit in memory", rec.batch_size, batch
         )
     return batch
+
+
+def fit_growth(
+    limits: dict[str, float],
+    placement: Placement,
+    frame_shape: tuple[int, int],
+    obj_shape: tuple[int, int],
+    config: Config,
+    batch: int,
+) -> int:
+    """The memory check of :func:`plan_memory` redone for a grown scan (``placement`` with the
+    new frames, the grown ``obj_shape``) before any worker loads them: returns the batch size
+    to use (lowered when needed); InputError with the numbers when a worker's views would no
+    longer fit (docs/design.md, "Live reconstruction")."""
+    rec = config.reconstruction
+    sizes = (frame_shape, obj_shape, rec.start_probe_modes, rec.object_modes, rec.precision)
+    frames = sum(n_views(r) for r in placement.values())
+    for worker, ranges in placement.items():
+        try:
+            fit = fit_batch(n_views(ranges), *sizes, batch, limits.get(worker, 0.0))
+        except InputError as err:
+            raise InputError(
+                "memory",
+                f"with {frames} frames, object {obj_shape[0]} x {obj_shape[1]}: {err.problem}",
+            ) from None
+        batch = min(batch, fit.batch_size)
+    return batch
+
+
+def projected_need(
+    limits: dict[str, float],
+    expected: int,
+    frame_shape: tuple[int, int],
+    obj_shape: tuple[int, int],
+    config: Config,
+) -> str | None:
+    """Why the ``expected`` frames of a followed scan, spread over the workers of ``limits``,
+    will not fit in the smallest worker's memory (with an object of at least ``obj_shape``);
+    None when they fit or no limit is known."""
+    known = [limit for limit in limits.values() if limit > 0]
+    if not known:
+        return None
+    rec = config.reconstruction
+    per_worker = -(-expected // max(len(limits), 1))
+    sizes = (frame_shape, obj_shape, rec.start_probe_modes, rec.object_modes, rec.precision)
+    try:
+        fit_batch(per_worker, *sizes, 1, min(known))
+    except InputError as err:
+        return f"the {expected} expected frames on {len(limits)} worker(s): {err.problem}"
+    return None

@@ -15,6 +15,7 @@ import numpy as np
 
 from ptychograph.backend import Array, get_array_module
 from ptychograph.gpu import kernels
+from ptychograph.operators import add_binned, rotate_modes
 from ptychograph.partials import FourierError, OverlapPartials
 
 
@@ -34,6 +35,7 @@ class CupyOps:
         beta: float,
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
+        rotation: Array | None = None,
     ) -> FourierError:
         """Eqs. 3-4 of a batch (:meth:`ptychograph.ops.BatchOps.exit_wave_update`):
         views_and_iterate -> F phi, F(2 phi - psi) -> [fourier_residuals, :func:`noise_steps`]
@@ -41,8 +43,11 @@ class CupyOps:
         ``out``. The scratch is two psi-sized batch buffers (phi -> F phi, and
         2 phi - psi -> X -> F_c X -> F^-1 F_c X). With a noise bound the constraint takes two
         passes over the spectrum (the per-view residual must be known before any pixel is
-        scaled); with ``noise_bound = 0`` it is one fused pass.
+        scaled); with ``noise_bound = 0`` it is one fused pass. A ``rotation`` is applied to
+        psi first (:func:`ptychograph.operators.rotate_modes`).
         """
+        if rotation is not None:
+            rotate_modes(exit_waves, rotation, in_place=True)
         views, iterate = kernels.views_and_iterate(probe_views, obj_views, exit_waves)
         model = _fft2(views)
         spectrum = _fft2(iterate)
@@ -80,12 +85,16 @@ class CupyOps:
         obj_views: Array,
         ramps: tuple[Array, Array] | None,
         out: OverlapPartials,
+        bins: Array | None = None,
     ) -> OverlapPartials:
         """Eq. 5 terms of a batch added into ``out``: probe_terms, then the sum over views
         (S_j^H as conj phase ramps in Fourier space: one inverse FFT for the batch) and
-        object_power."""
+        object_power; given ``bins``, the terms are added per bin instead (S_j^H left to the
+        caller, :meth:`ptychograph.ops.BatchOps.probe_partials`)."""
         terms = kernels.probe_terms(exit_waves, probe_views, obj_views)
-        if ramps is None:
+        if bins is not None:
+            add_binned(out.numerator, bins, terms)
+        elif ramps is None:
             kernels.sum_over_views(terms, out=out.numerator)
         else:
             numerator = _ifft2(kernels.sum_over_views(_fft2(terms), ramps))

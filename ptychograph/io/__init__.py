@@ -33,6 +33,7 @@ from ptychograph.io.zarr_store import (
     read_store_scan,
     write_frames_store,
 )
+from ptychograph.paths import clean_leftovers, overlap
 from ptychograph.scan import HC_EV_M, Geometry, Scan
 
 __all__ = [
@@ -146,6 +147,17 @@ def _hdf5_flavour(file: Path) -> Format:
     return "hxn" if is_hxn else "cxi"
 
 
+def check_convert_paths(source: Path, target: Path, overwrite: bool) -> None:
+    """Refuse a target without the ``.zarr`` suffix, a target that is (or holds, or lies
+    inside) the source, and an existing target that is not a frames store ptychograph wrote."""
+    if target.suffix.lower() != ".zarr":
+        raise InputError("output", f"a frames store must end in .zarr, got {target.name!r}")
+    if overlap(source, target):
+        raise InputError("output", f"{target} overlaps the input {source}; choose another path")
+    check_target(target, overwrite)
+    clean_leftovers([target], {target: "frames"}, "output")
+
+
 def convert_to_store(
     source: str | os.PathLike[str],
     target: str | os.PathLike[str],
@@ -162,7 +174,7 @@ def convert_to_store(
     for NumPy inputs, which carry no geometry). Returns the validation notes (dropped or
     clipped frames). Nothing is written when the source or its frames are refused.
     """
-    check_target(Path(target), overwrite)
+    check_convert_paths(Path(source), Path(target), overwrite)
     scan, notes = validate_frames(load_scan(source, data), nonfinite=nonfinite, negative=negative)
     write_frames_store(scan, target, chunk_frames=chunk_frames, overwrite=overwrite)
     return notes

@@ -19,6 +19,7 @@ import numpy as np
 
 from ptychograph.errors import InputError
 from ptychograph.scan import EV_J, HC_EV_M, Geometry, Scan
+from ptychograph.version import __version__
 
 DETECTOR = "/entry_1/instrument_1/detector_1"
 SOURCE = "/entry_1/instrument_1/source_1"
@@ -88,6 +89,7 @@ def write_cxi(
     try:
         with h5py.File(tmp, "x") as file:
             file.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
+            file.attrs["creator"] = f"ptychograph {__version__}"  # what --overwrite may replace
             _write_detector(file, scan)
             _write_source(file, scan, energy_units)
             translation = np.zeros((scan.n_frames, 3), dtype=np.float64)
@@ -143,12 +145,26 @@ def _read_frames(file: h5py.File) -> np.ndarray:
         raise InputError(path, "contains zero frames")
     if 0 in ds.shape:
         raise InputError(path, f"has empty frames: shape {ds.shape}")
+    _check_virtual_sources(ds, path, Path(file.filename).parent)
     frames = np.empty(ds.shape, dtype=np.float32)
     try:
         ds.read_direct(frames)
     except (OSError, TypeError, ValueError) as exc:
         raise InputError(path, f"could not be read ({_one_line(exc)})") from exc
     return frames
+
+
+def _check_virtual_sources(ds: h5py.Dataset, path: str, folder: Path) -> None:
+    """A virtual dataset whose source file is missing reads as its fill value (zeros, taken
+    for real frames): refuse it, naming the missing file."""
+    if not ds.is_virtual:
+        return
+    for source in ds.virtual_sources():
+        name = source.file_name
+        if name == ".":  # a dataset of the same file
+            continue
+        if not (Path(name) if Path(name).is_absolute() else folder / name).is_file():
+            raise InputError(path, f"virtual dataset source file {name} is missing")
 
 
 def _read_positions(file: h5py.File, n_frames: int) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Frames stores: a scan as a chunked Zarr group, read chunk by chunk by Dask workers.
 
-``ptychograph convert IN OUT.zarr`` (IN: CXI, HXN or NumPy) writes one
-(:func:`convert_to_store`). The group holds
+``ptychograph convert IN OUT.zarr`` (IN: CXI, HXN or NumPy) writes one (:func:`convert_to_store`):
 
 * ``frames`` (frame, py, px) float32, chunked (chunk_frames, H, W), Blosc/Zstd + bit-shuffle;
 * ``positions`` (frame, axis) float64 (y, x) metres;
@@ -17,11 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import zarr
@@ -30,11 +30,10 @@ import zarr.errors
 
 from ptychograph.errors import InputError
 from ptychograph.io.cxi import _check_unique
+from ptychograph.io.live_mark import LiveMark, read_mark, usable_frames
+from ptychograph.paths import check_folder, check_regular_files, check_replaceable, remove
 from ptychograph.scan import Geometry, Scan
 from ptychograph.version import __version__
-
-if TYPE_CHECKING:
-    pass
 
 FORMAT = "ptychograph-frames"
 FORMAT_VERSION = 1
@@ -69,6 +68,7 @@ class StoreInfo:
     geometry: Geometry
     mask: np.ndarray | None = None
     illumination: np.ndarray | None = None
+    live: LiveMark | None = None  # how far a store written live has got; None: convert's
 
 
 def default_chunk_frames(
@@ -118,22 +118,18 @@ def write_frames_store(
     try:
         _write_group(scan, tmp, int(chunk_frames))
         _swap_into_place(tmp, target)
+    except OSError as err:  # disk full, permissions: one line, the target untouched
+        raise InputError("output", f"could not write {target} ({err.strerror or err})") from None
     finally:
         if tmp.exists():
-            _remove(tmp)
+            remove(tmp)
 
 
 def check_target(target: Path, overwrite: bool) -> None:
-    """Refuse an existing target without ``overwrite``, a missing parent, or a directory
-    that is not a Zarr store (``--overwrite`` must not delete an unrelated folder)."""
-    if not target.parent.is_dir():
-        raise InputError("output", f"{target.parent} does not exist or is not a directory")
-    if not (target.exists() or target.is_symlink()):
-        return
-    if not overwrite:
-        raise InputError("output", f"{target} exists; pass --overwrite to replace it")
-    if target.is_dir() and any(target.iterdir()) and not is_frames_store(target):
-        raise InputError("output", f"{target} is a directory but not a Zarr store; not replacing")
+    """Refuse a folder that cannot take the store, an existing target without ``overwrite``,
+    and anything at ``target`` not a frames store ptychograph wrote (:mod:`ptychograph.paths`)."""
+    check_folder(target, "output")
+    check_replaceable(target, "frames", overwrite, "output")
 
 
 def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
@@ -191,15 +187,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     except BaseException:
         os.replace(old, target)
         raise
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, link or directory tree."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    remove(old)
 
 
 def read_store_info(path: str | os.PathLike[str]) -> StoreInfo:
@@ -208,23 +196,40 @@ def read_store_info(path: str | os.PathLike[str]) -> StoreInfo:
     Raises InputError("data.path", "<path>: <problem>") when it is not a readable frames store.
     """
     store = Path(path)
-    group = _open_group(store)
-    frames = _array(group, store, "frames", (3,), "(N, H, W)")
-    n_frames, height, width = (int(size) for size in frames.shape)
-    if n_frames == 0 or height == 0 or width == 0:
-        raise _store_error(store, f"frames have shape {frames.shape}, expected N, H, W >= 1")
-    positions = _read_positions(group, store, n_frames)
-    geometry = _read_geometry(group.attrs.asdict(), store, (height, width))
-    return StoreInfo(
-        path=store,
-        n_frames=n_frames,
-        frame_shape=(height, width),
-        chunk_frames=int(frames.chunks[0]),
-        positions=positions,
-        geometry=geometry,
-        mask=_read_optional(group, store, "mask", (height, width)),
-        illumination=_read_optional(group, store, "illumination", (height, width)),
-    )
+    with _damaged(store, "the store"):
+        group = _open_group(store)
+        check_regular_files(store, "data.path")
+        live = read_mark(store)  # before the arrays, which grow before the mark counts frames
+        frames = _array(group, store, "frames", (3,), "(N, H, W)")
+        stored, height, width = (int(size) for size in frames.shape)
+        n_frames = usable_frames(store, live, stored)
+        if min(n_frames, height, width, *frames.chunks) < 1:
+            problem = f"frames have shape {frames.shape} in chunks of {frames.chunks}"
+            raise _store_error(store, f"{problem}, expected sizes >= 1")
+        positions = _read_positions(group, store, n_frames, live is not None)
+        geometry = _read_geometry(group.attrs.asdict(), store, (height, width))
+        return StoreInfo(
+            path=store,
+            n_frames=n_frames,
+            frame_shape=(height, width),
+            chunk_frames=int(frames.chunks[0]),
+            positions=positions,
+            geometry=geometry,
+            mask=_read_optional(group, store, "mask", (height, width)),
+            illumination=_read_optional(group, store, "illumination", (height, width)),
+            live=live,
+        )
+
+
+@contextmanager
+def _damaged(store: Path, what: str) -> Iterator[None]:
+    """Any error of zarr or its codecs while reading ``what`` -> one InputError line."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, RuntimeError, OSError, ArithmeticError, TypeError, KeyError) as err:
+        raise _store_error(store, f"{what} cannot be read, damaged? ({_first_line(err)})") from None
 
 
 def read_frames(path: str | os.PathLike[str], start: int, stop: int) -> np.ndarray:
@@ -233,11 +238,14 @@ def read_frames(path: str | os.PathLike[str], start: int, stop: int) -> np.ndarr
     Opens the store afresh on every call, so a Dask worker in another process can call it
     with nothing but the path; reads only the chunks that overlap the range.
     """
-    array = zarr.open_array(Path(path), path="frames", mode="r")
-    n_frames = int(array.shape[0])
-    if not 0 <= start <= stop <= n_frames:
-        raise ValueError(f"frame range {start}:{stop} outside 0:{n_frames}")
-    return np.asarray(array[start:stop], dtype=np.float32)
+    store = Path(path)
+    with _damaged(store, f"frames {start}:{stop}"):
+        live = read_mark(store)  # before the array's shape, as in read_store_info
+        array = zarr.open_array(store, path="frames", mode="r")
+        n_frames = usable_frames(store, live, int(array.shape[0]))
+        if not 0 <= start <= stop <= n_frames:
+            raise _store_error(store, f"frame range {start}:{stop} outside 0:{n_frames}")
+        return np.asarray(array[start:stop], dtype=np.float32)
 
 
 def read_store_scan(path: str | os.PathLike[str]) -> Scan:
@@ -302,15 +310,15 @@ def _array(
     return node
 
 
-def _read_positions(group: zarr.Group, store: Path, n_frames: int) -> np.ndarray:
-    """Positions (N, 2) float64 (y, x) metres: one finite pair per frame."""
+def _read_positions(group: zarr.Group, store: Path, n_frames: int, live: bool) -> np.ndarray:
+    """Positions (N, 2) float64 (y, x) metres: one finite pair per (published) frame."""
     array = _array(group, store, "positions", (2,), "(N, 2) (y, x) in metres")
     if array.shape[1] != 2:
         raise _store_error(store, f"'positions' has shape {array.shape}, expected (N, 2)")
-    if array.shape[0] != n_frames:
+    if array.shape[0] < n_frames or (array.shape[0] > n_frames and not live):
         problem = f"'positions' has {array.shape[0]} rows but 'frames' has {n_frames} frames"
         raise _store_error(store, problem)
-    positions = np.asarray(array[...], dtype=np.float64)
+    positions = np.asarray(array[:n_frames], dtype=np.float64)
     if not np.isfinite(positions).all():
         raise _store_error(store, "'positions' contains NaN or Inf")
     try:

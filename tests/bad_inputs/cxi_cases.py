@@ -190,12 +190,40 @@ def times(factor: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda xyz: xyz * factor
 
 
+def span(metres: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Positions (x, y) squeezed to span ``metres`` (as if given in the wrong units)."""
+
+    def change(xyz: np.ndarray) -> np.ndarray:
+        xy = xyz[:, :2] - xyz[:, :2].min(axis=0)
+        xyz[:, :2] = xy * (metres / np.ptp(xy, axis=0).max())
+        return xyz
+
+    return change
+
+
 def more_rows(xyz: np.ndarray) -> np.ndarray:
     return np.concatenate([xyz, xyz[:3] + 1e-7])
 
 
 def shape_of(shape: tuple[int, ...]) -> Callable[[h5py.File], object]:
     return lambda _: np.zeros(shape, dtype=np.uint32)
+
+
+def frames_from_missing_file(path: Path) -> None:
+    """Make the frames a virtual dataset of two files, then delete the second: HDF5 reads
+    its frames as zeros, which pass for real (empty) frames (issue 11, item 7)."""
+    with h5py.File(path, "r+") as file:
+        frames = np.asarray(file[FRAMES][()])
+        half = len(frames) // 2
+        layout = h5py.VirtualLayout(shape=frames.shape, dtype=frames.dtype)
+        for name, part in (("frames-a.h5", frames[:half]), ("frames-source.h5", frames[half:])):
+            with h5py.File(path.with_name(name), "w") as src:
+                src.create_dataset("data", data=part)
+            start = 0 if name == "frames-a.h5" else half
+            layout[start : start + len(part)] = h5py.VirtualSource(name, "data", shape=part.shape)
+        del file[FRAMES]
+        file.create_virtual_dataset(FRAMES, layout, fillvalue=0)
+    path.with_name("frames-source.h5").unlink()
 
 
 CASES = [
@@ -359,5 +387,36 @@ CASES = [
         "cxi",
         cxi(replace(ILLUMINATION, lambda _: np.full((FRAME_SIDE,) * 2, np.nan, np.complex64))),
         (ILLUMINATION, "NaN"),
+    ),
+    Case(
+        "cxi-virtual-source-missing",
+        "cxi",
+        cxi(frames_from_missing_file),
+        (DATA, "frames-source.h5", "missing"),
+    ),
+    Case(
+        "cxi-positions-within-one-pixel",
+        "cxi",
+        cxi(replace(TRANSLATION, lambda f: np.asarray(f[TRANSLATION][()]) * 1e-7)),
+        ("positions", "one object pixel", "units"),
+    ),
+    # issue 11, item 7: each ran with every view at one origin, without a word
+    Case(
+        "cxi-energy-1e-30-joule",
+        "cxi",
+        cxi(set_value(ENERGY_PATH, 1e-30)),
+        ("positions", "one object pixel", "energy"),
+    ),
+    Case(
+        "cxi-distance-1e9-metres",
+        "cxi",
+        cxi(set_value(DISTANCE, 1e9)),
+        ("positions", "one object pixel", "distance"),
+    ),
+    Case(
+        "cxi-positions-span-1e-13-metres",
+        "cxi",
+        cxi(translation(span(1e-13))),
+        ("positions", "one object pixel", "span 1e-13 m"),
     ),
 ]

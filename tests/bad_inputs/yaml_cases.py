@@ -12,9 +12,12 @@ from typing import Any
 
 import yaml
 
+from ptychograph.io.zarr_store import write_frames_store
+
 from .case import (
     CONFIG_NAME,
     CXI_NAME,
+    OUTPUT,
     Case,
     GoodScan,
     Make,
@@ -67,6 +70,48 @@ def silent_scheduler(folder: Path, good: GoodScan) -> Path:
     return write_config(folder, config_with(cluster={"address": address, "connect_timeout": 2}))
 
 
+def with_folder(name: str, content: dict[str, Any]) -> Make:
+    """The good scan, a folder ``name`` of the user's (holding thesis.txt) and ``content``."""
+
+    def make(folder: Path, good: GoodScan) -> Path:
+        shutil.copyfile(good.cxi, folder / CXI_NAME)
+        (folder / name).mkdir()
+        (folder / name / "thesis.txt").write_text("years of work")
+        return write_config(folder, content)
+
+    return make
+
+
+def with_frames_store(content: dict[str, Any]) -> Make:
+    """The good scan converted to frames.zarr, and ``content`` as run.yaml."""
+
+    def make(folder: Path, good: GoodScan) -> Path:
+        write_frames_store(good.scan, folder / "frames.zarr", chunk_frames=8)
+        return write_config(folder, content)
+
+    return make
+
+
+def bad_pem(folder: Path, good: GoodScan) -> Path:
+    """A tls:// scheduler address with certificate files that are not PEM."""
+    shutil.copyfile(good.cxi, folder / CXI_NAME)
+    for name in ("ca.pem", "cert.pem"):
+        (folder / name).write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
+    address = f"tls://127.0.0.1:{free_port()}"
+    security = {"ca_file": "ca.pem", "cert_file": "cert.pem"}
+    cluster = {"address": address, "connect_timeout": 2, "security": security}
+    return write_config(folder, config_with(cluster=cluster))
+
+
+def alias_bomb(levels: int = 8) -> str:
+    """``data.path`` as a list whose aliases expand to 9**levels strings (~400 bytes)."""
+    items = ["&a0 [" + ", ".join(["lol"] * 9) + "]"]
+    for level in range(1, levels + 1):
+        items.append(f"&a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return f"data:\n  path: [{', '.join(items)}]\n"
+
+
+STORE = "frames.zarr"
 #: ``reconstruction`` twice: the second silently replaces the first (iterations kept at 2 so
 #: that the run, which should not happen, stays short).
 DUPLICATE_SECTION = base_text("reconstruction:\n  iterations: 2\n  beta: 0.5\n")
@@ -279,4 +324,146 @@ CASES = [
         ("data.path.x", "not a section"),
         args=("--set", "data.path.x=1"),
     ),
+    # keys and sizes no config has (issue 11, item 13)
+    Case(
+        "yaml-key-is-list",
+        "yaml",
+        config(base_text("? [a, b]\n: 1\n")),
+        ("config", "plain value", "line"),
+    ),
+    Case(
+        "yaml-key-is-mapping",
+        "yaml",
+        config(base_text("? {a: 1}\n: 2\n")),
+        ("config", "plain value"),
+    ),
+    Case(
+        "yaml-nested-5000-deep",
+        "yaml",
+        config(base_text("extra: " + "[" * 5000 + "]" * 5000 + "\n")),
+        ("config", "nested"),
+    ),
+    Case(
+        "yaml-nested-40-deep",
+        "yaml",
+        config(base_text("extra: " + "[" * 40 + "]" * 40 + "\n")),
+        ("config", "nested more than"),
+    ),
+    Case("yaml-alias-bomb", "yaml", config(alias_bomb()), ("config", "expands to more than")),
+    Case(
+        "yaml-set-alias-bomb",
+        "yaml",
+        sections(),
+        ("config", "expands"),
+        args=("--set", alias_bomb().replace("data:\n  path: ", "data.path=").strip()),
+    ),
+    Case(
+        "yaml-long-value-echo-is-cut",
+        "yaml",
+        sections(reconstruction={"precision": "x" * 100_000}),
+        ("reconstruction.precision", "xxx..."),
+    ),
+    # what overwrite may replace, overlapping paths (issue 11, items 1-4)
+    Case(
+        "yaml-checkpoint-is-user-folder",
+        "yaml",
+        with_folder("precious", config_with(output={"checkpoint": "precious"})),
+        ("output.checkpoint", "precious", "not written by ptychograph"),
+    ),
+    Case(
+        "yaml-checkpoint-equals-output",
+        "yaml",
+        sections(output={"checkpoint": OUTPUT, "checkpoint_every": 1}),
+        ("output.path", "overlaps output.checkpoint"),
+    ),
+    Case(
+        "yaml-checkpoint-inside-output",
+        "yaml",
+        sections(output={"checkpoint": OUTPUT + "/ckpt.zarr"}),
+        ("output.path", "overlaps output.checkpoint"),
+    ),
+    Case(
+        "yaml-data-equals-output",
+        "yaml",
+        with_frames_store({**base_config(STORE), "output": {"path": STORE}}),
+        ("output.path", "overlaps the input data.path"),
+    ),
+    Case(
+        "yaml-output-inside-data",
+        "yaml",
+        with_frames_store({**base_config(STORE), "output": {"path": STORE + "/result.zarr"}}),
+        ("output.path", "overlaps the input data.path"),
+    ),
+    Case(
+        "yaml-output-is-user-folder",
+        "yaml",
+        with_folder("other.zarr", config_with(output={"path": "other.zarr"})),
+        ("output.path", "other.zarr", "not written by ptychograph"),
+    ),
+    Case(
+        "yaml-output-is-previous",
+        "yaml",
+        sections(initial={"object": "previous", "previous": OUTPUT}),
+        ("output.path", "overlaps the input initial.previous"),
+    ),
+    Case(
+        "yaml-output-is-frames-store",
+        "yaml",
+        with_frames_store({**base_config(), "output": {"path": STORE}}),
+        ("output.path", "frames, not a result"),
+    ),
+    # output folders that cannot take a result (item 12)
+    Case(
+        "yaml-output-parent-is-file",
+        "yaml",
+        sections(output={"path": CONFIG_NAME + "/result.zarr"}),
+        ("output.path", "not a folder"),
+    ),
+    Case(
+        "yaml-output-under-proc",
+        "yaml",
+        sections(output={"path": "/proc/result.zarr"}),
+        ("output.path", "system folder"),
+    ),
+    # paths no file system holds (found in the issue 11 audit: each was an OSError or a
+    # ValueError traceback)
+    Case(
+        "yaml-path-with-nul-byte",
+        "yaml",
+        sections(data={"path": "scan.cxi\0.zarr"}),
+        ("data.path", "NUL byte"),
+    ),
+    Case(
+        "yaml-set-path-name-too-long",
+        "yaml",
+        sections(),
+        ("data.path", "name of 100004 bytes", "at most 255"),
+        args=("--set", "data.path=" + "a" * 100_000 + ".cxi"),
+    ),
+    Case(
+        "yaml-output-name-too-long",
+        "yaml",
+        sections(output={"path": "b" * 240 + ".zarr"}),
+        ("output.path", "name of 245 bytes", "at most 191"),
+    ),
+    # the cluster (items 10, 16)
+    Case(
+        "yaml-thousand-local-workers",
+        "yaml",
+        sections(cluster={"n_workers": 1000}),
+        ("cluster.n_workers", "1000", "at most"),
+    ),
+    Case(
+        "yaml-zero-worker-timeout",
+        "yaml",
+        sections(cluster={"worker_timeout": 0}),
+        ("cluster.worker_timeout",),
+    ),
+    Case(  # before: every live worker was taken for a frozen one and the run gave up
+        "yaml-worker-timeout-below-heartbeats",
+        "yaml",
+        sections(cluster={"worker_timeout": 0.001}),
+        ("cluster.worker_timeout", "greater than or equal to 5"),
+    ),
+    Case("yaml-tls-bad-pem", "yaml", bad_pem, ("cluster.security.ca_file", "PEM")),
 ]

@@ -8,6 +8,8 @@ naming the array or attribute; checks made after reading name ``frames`` or ``po
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +98,56 @@ def truncate_json(name: str) -> Corrupt:
 def overwrite_json(name: str, text: str) -> Corrupt:
     def corrupt(path: Path, scan: Scan) -> None:
         (path / name).write_text(text)
+
+    return corrupt
+
+
+# --- damaged chunk files (issue 11, item 11) -----------------------------------------------
+
+#: The chunk file of frames 16..23 (the third chunk), of the positions and of the illumination.
+FRAMES_CHUNK = "frames/c/2/0/0"
+POSITIONS_CHUNK = "positions/c/0/0"
+ILLUMINATION_CHUNK = "illumination/c/0/0/0"
+
+
+def chunk_bytes(name: str, content: Callable[[bytes], bytes]) -> Corrupt:
+    """Replace the chunk file ``name`` by ``content(old bytes)``."""
+
+    def corrupt(path: Path, scan: Scan) -> None:
+        (path / name).write_bytes(content((path / name).read_bytes()))
+
+    return corrupt
+
+
+def random_bytes(old: bytes) -> bytes:
+    return np.random.default_rng(11).integers(0, 256, len(old), dtype=np.uint8).tobytes()
+
+
+def chunk_special(name: str, kind: str) -> Corrupt:
+    """Replace the chunk file ``name`` by a FIFO (a read would block forever) or a symlink
+    to /dev/zero (a read would never end)."""
+
+    def corrupt(path: Path, scan: Scan) -> None:
+        (path / name).unlink()
+        if kind == "fifo":
+            os.mkfifo(path / name)
+        else:
+            os.symlink("/dev/zero", path / name)
+
+    return corrupt
+
+
+def edit_array_json(name: str, **changes: Any) -> Corrupt:
+    """Edit keys of an array's zarr.json (``chunk_shape`` goes into the chunk grid)."""
+
+    def corrupt(path: Path, scan: Scan) -> None:
+        meta = json.loads((path / name / "zarr.json").read_text())
+        for key, value in changes.items():
+            if key == "chunk_shape":
+                meta["chunk_grid"]["configuration"]["chunk_shape"] = value
+            else:
+                meta[key] = value
+        (path / name / "zarr.json").write_text(json.dumps(meta))
 
     return corrupt
 
@@ -327,5 +379,66 @@ CASES = [
         "zarr",
         store(replace("mask", lambda s: np.zeros((16, 16), bool))),
         ("data.path", "'mask'", "(16, 16)"),
+    ),
+    # damaged chunk files and edited array metadata (issue 11, item 11)
+    Case(
+        "zarr-chunk-random-bytes",
+        "zarr",
+        store(chunk_bytes(FRAMES_CHUNK, random_bytes)),
+        ("data.path", "frames", "damaged"),
+    ),
+    Case(
+        "zarr-chunk-truncated",
+        "zarr",
+        store(chunk_bytes(FRAMES_CHUNK, lambda old: old[: len(old) // 3])),
+        ("data.path", "frames", "damaged"),
+    ),
+    Case(
+        "zarr-chunk-empty-file",
+        "zarr",
+        store(chunk_bytes(FRAMES_CHUNK, lambda old: b"")),
+        ("data.path", "frames", "damaged"),
+    ),
+    Case(
+        "zarr-positions-chunk-random",
+        "zarr",
+        store(chunk_bytes(POSITIONS_CHUNK, random_bytes)),
+        ("data.path", "damaged"),
+    ),
+    Case(
+        "zarr-illumination-chunk-truncated",
+        "zarr",
+        store(chunk_bytes(ILLUMINATION_CHUNK, lambda old: old[:10])),
+        ("data.path", "damaged"),
+    ),
+    Case(
+        "zarr-chunk-is-fifo",
+        "zarr",
+        store(chunk_special(FRAMES_CHUNK, "fifo")),
+        ("data.path", "not a regular file"),
+    ),
+    Case(
+        "zarr-chunk-links-dev-zero",
+        "zarr",
+        store(chunk_special(FRAMES_CHUNK, "zero")),
+        ("data.path", "not a regular file"),
+    ),
+    Case(
+        "zarr-dtype-edited",
+        "zarr",
+        store(edit_array_json("frames", data_type="float64")),
+        ("data.path", "frames", "damaged"),
+    ),
+    Case(
+        "zarr-chunk-shape-edited",
+        "zarr",
+        store(edit_array_json("frames", chunk_shape=[5, FRAME_SIDE, FRAME_SIDE])),
+        ("data.path", "frames", "damaged"),
+    ),
+    Case(
+        "zarr-chunk-shape-zero",
+        "zarr",
+        store(edit_array_json("frames", chunk_shape=[0, FRAME_SIDE, FRAME_SIDE])),
+        ("data.path", "chunks", ">= 1"),
     ),
 ]

@@ -1,0 +1,190 @@
+"""Position correction beside any algorithm (docs/design.md, "Position correction").
+
+:class:`PositionCorrection` wraps an algorithm's iteration: after it, every chunk returns the
+2 x 2 least-squares system of each of its views (:func:`ptychograph.positions.shift_terms`;
+the views stay where they are), the systems of all views are gathered (a few numbers per view),
+and one small step on the client solves them and applies the limits:
+
+* each view moves at most ``max_step`` pixels per iteration along each axis, and at most
+  ``max_shift`` pixels from its measured position, and stays inside the object array;
+* the global constraint: the part of the moves that a translation of the whole scan
+  explains is removed (the data cannot fix it), and the part a linear map of the measured
+  positions explains (scale, rotation, shear) is taken at :data:`LINEAR_GAIN` of the rate of
+  the rest, so the scan cannot drift and scales only slowly, as the data demand;
+* during DM the systems are formed with the object the other views make (leave-one-out,
+  :mod:`ptychograph.positions`), from the illumination of all views (one more reduction
+  per step);
+* views whose object is featureless (a small system) barely move: the systems are damped by
+  5 % of their median size;
+* a view takes half of its least-squares move per iteration (:data:`GAIN`);
+* positions are corrected from iteration ``start`` until ``stop`` (by default the averaging
+  window of DM and the ML refinement see fixed positions: an average over moving views blurs,
+  and on measured data positions that still move at the end cost fit, see
+  benchmarks/RESULTS.md).
+
+The new positions travel in :attr:`State.origins`; every per-chunk task moves its views to
+them first (:func:`ptychograph.positions.follow_origins`), in process or on any worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ptychograph.algorithms.base import Algorithm, Executor, Handle
+from ptychograph.backend import to_host
+from ptychograph.partials import tree_sum
+from ptychograph.positions import follow_origins, illumination, shift_terms
+from ptychograph.resident import ResidentViews
+from ptychograph.state import State
+
+#: Damping of the per-view systems, as a fraction of their median trace / 2.
+DAMPING = 0.05
+#: Fraction of the least-squares move taken per iteration. The full move is noisy while the
+#: object still changes: on a simulated scan with 2 px RMS errors (200 views, 1e6 photons,
+#: 200 DM iterations) the corrected positions ended 1.7 px RMS from the truth with the full
+#: move, 0.38 px with half of it (0.34 px with 0.3, but converging half as fast).
+GAIN = 0.5
+#: Rate of the moves' linear part (scale, rotation, shear) relative to the rest. Random
+#: position errors have a linear part too (0.1-0.4 px RMS of 2 px RMS errors on 200 views);
+#: removing it entirely left it in the result, taking it at the full rate let edge views drag
+#: the scan: over three draws of 2 px RMS errors on a simulated scan (200 views, leave-one-out
+#: terms, an experiment's patch) the corrected positions ended 0.40-0.56 px RMS from the truth
+#: with 0, 0.44-0.59 with 1 and 0.33-0.49 with 0.3 (benchmarks/RESULTS.md: five draws with
+#: the code as it is).
+LINEAR_GAIN = 0.3
+
+
+@dataclass(frozen=True)
+class PositionOptions:
+    """start : first iteration (0-based, over the run) after which positions are corrected;
+    stop : first iteration after which they stay fixed (None: never). max_step, max_shift :
+    pixels (module docstring). initial : (N, 2) measured view corners.
+    """
+
+    start: int
+    max_step: float
+    max_shift: float
+    initial: np.ndarray
+    stop: int | None = None
+
+    def active(self, iteration: int) -> bool:
+        """Whether positions are corrected after ``iteration``."""
+        return iteration >= self.start and (self.stop is None or iteration < self.stop)
+
+
+@dataclass(frozen=True)
+class ViewSystems:
+    """Per-view systems of some views: index (n,) int64 into the scan, system (n, 3) holding
+    A[0, 0], A[0, 1], A[1, 1], rhs (n, 2). ``+`` gathers two sets (any order)."""
+
+    index: np.ndarray
+    system: np.ndarray
+    rhs: np.ndarray
+
+    def __add__(self, other: ViewSystems) -> ViewSystems:
+        return ViewSystems(
+            np.concatenate([self.index, other.index]),
+            np.concatenate([self.system, other.system]),
+            np.concatenate([self.rhs, other.rhs]),
+        )
+
+
+def position_task(views: ResidentViews, state: State, lit: np.ndarray | None) -> ViewSystems:
+    """The systems of the resident views at ``state``; ``lit``: the illumination of all views
+    (:func:`lit_task`) for leave-one-out terms from the exit waves, or None."""
+    probe, obj = views.device(state.probe), views.device(state.obj)
+    device_lit = None if lit is None else views.device(lit)
+    rotation = views.device(state.rotation)
+    parts = []
+    for chunk in views.chunks:
+        follow_origins(chunk, state.origins)
+        system, rhs = shift_terms(chunk, probe, obj, views.batch_size, device_lit, rotation)
+        index = np.arange(chunk.first, chunk.first + chunk.n_views, dtype=np.int64)
+        parts.append(ViewSystems(index, system, rhs))
+    if not parts:
+        return ViewSystems(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 2)))
+    return tree_sum(parts)
+
+
+def lit_task(views: ResidentViews, state: State) -> np.ndarray:
+    """The illumination W of the resident views at ``state`` (summed over all views by the
+    reduction): (Y, X) real, in the precision of the run."""
+    probe, rotation = views.device(state.probe), views.device(state.rotation)
+    shape = (int(state.obj.shape[1]), int(state.obj.shape[2]))
+    total = np.zeros(shape, dtype=np.asarray(state.probe).real.dtype)
+    for chunk in views.chunks:
+        follow_origins(chunk, state.origins)
+        total += to_host(illumination(chunk, probe, shape, views.batch_size, rotation))
+    return total
+
+
+def solve_moves(systems: ViewSystems, n_views: int) -> np.ndarray:
+    """(N, 2) least-squares moves of every view from the gathered systems (damped)."""
+    system = np.zeros((n_views, 3))
+    rhs = np.zeros((n_views, 2))
+    system[systems.index] = systems.system
+    rhs[systems.index] = systems.rhs
+    trace = system[:, 0] + system[:, 2]
+    damping = DAMPING * float(np.median(trace)) / 2 + 1e-300
+    a, b, c = system[:, 0] + damping, system[:, 1], system[:, 2] + damping
+    det = a * c - b * b
+    moves = np.empty((n_views, 2))
+    moves[:, 0] = (c * rhs[:, 0] - b * rhs[:, 1]) / det
+    moves[:, 1] = (a * rhs[:, 1] - b * rhs[:, 0]) / det
+    return moves
+
+
+def remove_affine(moves: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """``moves`` less their least-squares fit by c + L (origins - mean): (N, 2)."""
+    centred = origins - origins.mean(axis=0)
+    basis = np.column_stack([np.ones(len(origins)), centred])  # (N, 3)
+    if len(origins) < 4:
+        return moves - moves.mean(axis=0)
+    coefficients, *_ = np.linalg.lstsq(basis, moves, rcond=None)
+    return moves - basis @ coefficients
+
+
+def constrain(moves: np.ndarray, origins: np.ndarray) -> np.ndarray:
+    """``moves`` (N, 2) without their mean and with their linear part in ``origins`` (N, 2)
+    scaled by :data:`LINEAR_GAIN` (module docstring)."""
+    rest = remove_affine(moves, origins)
+    linear = moves - rest
+    return rest + LINEAR_GAIN * (linear - linear.mean(axis=0))
+
+
+def position_step(systems: ViewSystems, state: State, options: PositionOptions) -> State:
+    """The state with corrected origins (module docstring); estimates unchanged."""
+    assert state.origins is not None
+    origins = np.asarray(state.origins, dtype=np.float64)
+    moves = solve_moves(systems, len(origins))
+    moves = GAIN * constrain(moves, options.initial)
+    moves = np.clip(moves, -options.max_step, options.max_step)
+    new = np.clip(
+        origins + moves, options.initial - options.max_shift, options.initial + options.max_shift
+    )
+    frame = np.asarray(state.probe.shape[1:])
+    upper = np.asarray(state.obj.shape[1:]) - frame - 1
+    new = np.clip(new, 0.0, upper.astype(np.float64))
+    return state.replace(origins=new)
+
+
+class PositionCorrection:
+    """``inner``'s iteration followed by a position-correction step (module docstring)."""
+
+    def __init__(self, inner: Algorithm, options: PositionOptions) -> None:
+        self.inner = inner
+        self.options = options
+        self.name = f"{inner.name}+positions"
+
+    def iterate(self, executor: Executor, state: Handle, iteration: int) -> tuple[Handle, Handle]:
+        new, stats = self.inner.iterate(executor, state, iteration)
+        if self.options.active(iteration):
+            tag = f"pos{iteration}"
+            lit = None
+            if getattr(self.inner, "holds_exit_waves", False):
+                lit = executor.map_reduce(lit_task, new, key=f"{tag}-lit")
+            systems = executor.map_reduce(position_task, new, lit, key=f"{tag}-systems")
+            new = executor.apply(position_step, systems, new, self.options, key=f"{tag}-step")
+        return new, stats
