@@ -191,11 +191,14 @@ class FrameWriter:
                 shape=(0, 2),
                 chunks=(self.chunk_frames, 2),
                 dtype="float64",
+                compressors=_compressor(),
                 dimension_names=("frame", "axis"),
             )
             dims = {"mask": ("py", "px"), "illumination": ("probe_mode", "py", "px")}
             for name, data in extras.items():
-                group.create_array(name, data=data, dimension_names=dims[name])
+                group.create_array(
+                    name, data=data, compressors=_compressor(), dimension_names=dims[name]
+                )
             group.attrs.update(_root_attrs(geometry))
             write_mark(tmp, LiveMark(0, self.expected_frames, False))
             _swap_into_place(tmp, self.path)

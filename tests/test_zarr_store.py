@@ -126,8 +126,9 @@ def test_frames_chunked_and_compressed(store: Path) -> None:
     frames = zarr.open_array(store, path="frames", mode="r")
     assert frames.chunks == (4, H, W)
     assert frames.dtype == np.float32
-    (codec,) = frames.compressors
+    codec, checksum = frames.compressors
     assert isinstance(codec, zarr.codecs.BloscCodec)
+    assert isinstance(checksum, zarr.codecs.Crc32cCodec)  # a damaged chunk is always refused
     assert codec.cname.value == "zstd" and codec.shuffle is not None
     assert codec.shuffle.value == "bitshuffle"
     # 11 frames in chunks of 4: three chunk files

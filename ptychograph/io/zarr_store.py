@@ -2,7 +2,7 @@
 
 ``ptychograph convert IN OUT.zarr`` (IN: CXI, HXN or NumPy) writes one (:func:`convert_to_store`):
 
-* ``frames`` (frame, py, px) float32, chunked (chunk_frames, H, W), Blosc/Zstd + bit-shuffle;
+* ``frames`` (frame, py, px) float32, chunked (chunk_frames, H, W), Blosc/Zstd, CRC-32C;
 * ``positions`` (frame, axis) float64 (y, x) metres;
 * ``mask`` (py, px) bool, True at bad pixels, and ``illumination`` (probe_mode, py, px)
   complex64, both optional;
@@ -46,9 +46,11 @@ REAL_KINDS = "biuf"
 NUMERIC_KINDS = "biufc"
 
 
-def _compressor() -> zarr.codecs.BloscCodec:
-    """Blosc/Zstd level 5 with bit-shuffle: fast, and good on photon counts stored as float32."""
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+def _compressor() -> tuple[zarr.codecs.BloscCodec, zarr.codecs.Crc32cCodec]:
+    """Blosc/Zstd with bit-shuffle (good on float32 counts), then a CRC-32C per chunk: Blosc
+    may decode a truncated chunk from whatever memory follows; the checksum refuses it."""
+    blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    return blosc, zarr.codecs.Crc32cCodec()
 
 
 @dataclass(frozen=True)
@@ -143,20 +145,18 @@ def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
         dtype="float32",
         compressors=_compressor(),
         dimension_names=("frame", "py", "px"),
-        # a chunk file that goes missing then reads as NaN, which every run refuses, instead
-        # of as zeros that would pass for real (empty) frames
-        fill_value=np.nan,
+        fill_value=np.nan,  # a missing chunk reads as NaN (refused), not as empty frames
     )
     for start, stop in chunk_ranges(n_frames, frames.chunks[0]):
         frames[start:stop] = np.asarray(scan.frames[start:stop], dtype=np.float32)
-    positions = np.asarray(scan.positions, dtype=np.float64)
-    group.create_array("positions", data=positions, dimension_names=("frame", "axis"))
+    extras = {"positions": (np.asarray(scan.positions, dtype=np.float64), ("frame", "axis"))}
     if scan.mask is not None:
-        mask = np.asarray(scan.mask, dtype=bool)
-        group.create_array("mask", data=mask, dimension_names=("py", "px"))
+        extras["mask"] = (np.asarray(scan.mask, dtype=bool), ("py", "px"))
     if scan.illumination is not None:
         probe = np.asarray(scan.illumination, dtype=np.complex64).reshape(-1, height, width)
-        group.create_array("illumination", data=probe, dimension_names=("probe_mode", "py", "px"))
+        extras["illumination"] = (probe, ("probe_mode", "py", "px"))
+    for name, (data, dims) in extras.items():
+        group.create_array(name, data=data, compressors=_compressor(), dimension_names=dims)
     group.attrs.update(_root_attrs(scan.geometry))
 
 

@@ -123,6 +123,13 @@ def random_bytes(old: bytes) -> bytes:
     return np.random.default_rng(11).integers(0, 256, len(old), dtype=np.uint8).tobytes()
 
 
+def flip_bit(old: bytes) -> bytes:
+    """``old`` with one bit flipped in the middle of the compressed data."""
+    data = bytearray(old)
+    data[len(data) // 2] ^= 0x10
+    return bytes(data)
+
+
 def chunk_special(name: str, kind: str) -> Corrupt:
     """Replace the chunk file ``name`` by a FIFO (a read would block forever) or a symlink
     to /dev/zero (a read would never end)."""
@@ -391,6 +398,13 @@ CASES = [
         "zarr-chunk-truncated",
         "zarr",
         store(chunk_bytes(FRAMES_CHUNK, lambda old: old[: len(old) // 3])),
+        ("data.path", "frames", "damaged"),
+    ),
+    Case(
+        # one bit flipped inside the compressed data: Blosc alone may decode it silently
+        "zarr-chunk-one-bit-flipped",
+        "zarr",
+        store(chunk_bytes(FRAMES_CHUNK, flip_bit)),
         ("data.path", "frames", "damaged"),
     ),
     Case(
