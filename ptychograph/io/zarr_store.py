@@ -55,12 +55,9 @@ def _compressor() -> tuple[zarr.codecs.BloscCodec, zarr.codecs.Crc32cCodec]:
 
 @dataclass(frozen=True)
 class StoreInfo:
-    """Everything in a frames store but the frames.
-
-    path : the store. n_frames : N. frame_shape : (H, W). chunk_frames : frames per chunk.
-    positions : (N, 2) float64 (y, x) metres. geometry : detector geometry.
-    mask : (H, W) bool (True = bad) or None. illumination : (M, H, W) complex64 or None.
-    """
+    """Everything in a frames store but the frames: path, n_frames N, frame_shape (H, W),
+    chunk_frames (frames per chunk), positions (N, 2) float64 (y, x) metres, geometry, mask
+    (H, W) bool (True = bad) or None, illumination (M, H, W) complex64 or None."""
 
     path: Path
     n_frames: int
@@ -149,7 +146,9 @@ def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
     )
     for start, stop in chunk_ranges(n_frames, frames.chunks[0]):
         frames[start:stop] = np.asarray(scan.frames[start:stop], dtype=np.float32)
-    extras = {"positions": (np.asarray(scan.positions, dtype=np.float64), ("frame", "axis"))}
+    extras: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {
+        "positions": (np.asarray(scan.positions, dtype=np.float64), ("frame", "axis"))
+    }
     if scan.mask is not None:
         extras["mask"] = (np.asarray(scan.mask, dtype=bool), ("py", "px"))
     if scan.illumination is not None:
