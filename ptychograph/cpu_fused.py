@@ -33,6 +33,7 @@ import numba
 import numpy as np
 
 from ptychograph.backend import Array
+from ptychograph.cpu_fused_pixels import constrain_extreme, ratios, residuals
 
 #: One thread, the GIL released, compiled once per dtype and cached on disk; NumPy's error model
 #: (x / 0 gives inf or NaN, as in NumPy, and no check keeps a loop from being vectorised).
@@ -49,11 +50,16 @@ def fourier_step(
     noise_bound: float,
     rotation: Array | None = None,
     beta: float | None = None,
+    source: Array | None = None,
+    cache: Array | None = None,
 ) -> tuple[float, float]:
     """F_c X, X = 2 F phi - R F psi, into ``spectrum`` in place (given ``beta``: beta F_c X - X,
     for :func:`update_object_terms`); returns the model's error terms.
 
-    model : (n, M_P, M_O, H, W) F phi. spectrum : the same shape, F psi (overwritten).
+    model : (n, M_P, M_O, H, W) F phi. spectrum : the same shape, F psi (overwritten), unless
+    ``source`` holds F psi (read and rotated in place; spectrum is then only written). cache :
+    the same shape or None; given (with ``beta``), the new psi's spectrum (2 - beta) F phi +
+    beta F_c X - X is written there: the next update needs no FFT of psi.
     amplitudes : (n, H, W) real sqrt(I). good : (H, W) bool or None. noise_bound : as
     :func:`ptychograph.fourier.modulus_constraint`. rotation : (M_P, M_P) R, the mode rotation
     psi has not had yet (F R psi = R F psi), or None. Returns (sum_good (a - |F phi|)^2,
@@ -62,6 +68,11 @@ def fourier_step(
     n_views = spectrum.shape[0]
     frame = spectrum.shape[-2:]
     _require(model.shape == spectrum.shape and spectrum.flags.c_contiguous, "spectra")
+    source = spectrum if source is None else source
+    store = cache is not None and beta is not None
+    kept: Array = cache if cache is not None and store else np.zeros((1, 1, 1), spectrum.dtype)
+    for other in (source, kept) if store else (source,):
+        _require(other.shape == spectrum.shape and other.flags.c_contiguous, "spectra")
     _require(amplitudes.shape == (n_views, *frame), "amplitudes")
     _require(good is None or good.shape == frame, "mask")
     pixels = frame[0] * frame[1]
@@ -74,7 +85,10 @@ def fourier_step(
     sums = np.zeros(2)
     _fourier_step(
         model.reshape(flat),
+        source.reshape(flat),
         spectrum.reshape(flat),
+        kept.reshape(flat) if store else kept,
+        store,
         amplitudes.reshape(n_views, pixels),
         mask,
         real(2),
@@ -193,12 +207,27 @@ def _mask(good: Array | None, pixels: int) -> np.ndarray:
 
 @_jit
 def _fourier_step(
-    model, spectrum, amplitudes, good, two, bound, limits, sums, rotation, rotate, scratch, *mix
+    model,
+    source,
+    spectrum,
+    cache,
+    store,
+    amplitudes,
+    good,
+    two,
+    bound,
+    limits,
+    sums,
+    rotation,
+    rotate,
+    scratch,
+    *mix,
 ):
-    """The body of :func:`fourier_step` on (n, M, P) spectra. bound : B of the noise bound, or
-    negative for none; limits : (tiny, max, ratio limit) in the real dtype; sums : (2,) float64,
-    the error terms are added into it; rotation, rotate, scratch : :func:`_rotation`'s; mix :
-    (b, c): b F_c X - c X written."""
+    """The body of :func:`fourier_step` on (n, M, P) spectra (source may be spectrum). bound : B
+    of the noise bound, or negative for none; limits : (tiny, max, ratio limit) in the real
+    dtype; sums : (2,) float64, the error terms are added into it; rotation, rotate, scratch :
+    :func:`_rotation`'s; mix : (b, c): b F_c X - c X written; store: (2 - b) F phi + that into
+    cache."""
     n_views, n_modes, pixels = spectrum.shape
     n_probe = rotation.shape[0]
     power = np.empty(pixels, amplitudes.dtype)
@@ -206,97 +235,38 @@ def _fourier_step(
     ratio = np.empty(pixels, amplitudes.dtype)
     for j in range(n_views):
         if rotate:  # F psi -> R F psi, the view's spectrum then read again from the L2 cache
-            _rotate(spectrum[j].reshape((n_probe, n_modes // n_probe, pixels)), rotation, scratch)
+            _rotate(source[j].reshape((n_probe, n_modes // n_probe, pixels)), rotation, scratch)
         model_power[:] = 0
         power[:] = 0
         for m in range(n_modes):
-            model_mode, mode = model[j, m], spectrum[j, m]
+            model_mode, mode, old = model[j, m], spectrum[j, m], source[j, m]
             for p in range(pixels):
                 f = model_mode[p]
-                x = two * f - mode[p]
+                x = two * f - old[p]
                 mode[p] = x
                 model_power[p] += f.real * f.real + f.imag * f.imag
                 power[p] += x.real * x.real + x.imag * x.imag
-        residual, total, iterate = _residuals(model_power, power, amplitudes[j], good)
+        residual, total, iterate = residuals(model_power, power, amplitudes[j], good)
         sums[0] += residual
         sums[1] += total
         step = 1.0
         if bound > 0:
             step = 1.0 - math.sqrt(bound / max(iterate, bound))
-        extreme = _ratios(power, amplitudes[j], good, limits, step, bound >= 0, ratio, *mix)
+        extreme = ratios(power, amplitudes[j], good, limits, step, bound >= 0, ratio, *mix)
         if extreme > 0:
             for p in range(pixels):
                 if ratio[p] != ratio[p]:  # NaN marks the pixels of the extreme path
-                    _constrain_extreme(spectrum[j, :, p], amplitudes[j, p], step, *mix)
+                    constrain_extreme(spectrum[j, :, p], amplitudes[j, p], step, *mix)
                     ratio[p] = 1
+        weight = two - mix[0]
         for m in range(n_modes):
             mode = spectrum[j, m]
             for p in range(pixels):
                 mode[p] *= ratio[p]
-
-
-@_jit_sum
-def _residuals(model_power, power, amplitudes, good):
-    """sum_good (a - |F phi|)^2, sum_good a^2 and sum_good (|X| - a)^2 of one view, the roots
-    in the data's precision (as the reference), the sums in double (reassociated: vectorised)."""
-    residual = 0.0
-    total = 0.0
-    iterate = 0.0
-    for p in range(power.shape[0]):
-        a = amplitudes[p]
-        d = np.float64(a - np.sqrt(model_power[p]))
-        e = np.float64(np.sqrt(power[p]) - a)
-        a2 = np.float64(a) * np.float64(a)
-        residual += d * d if good[p] else 0.0
-        total += a2 if good[p] else 0.0
-        iterate += e * e if good[p] else 0.0
-    return residual, total, iterate
-
-
-@_jit
-def _ratios(power, amplitudes, good, limits, step, relaxed, ratio, mix, minus):
-    """Eq. 4's factor r per pixel, as mix r - minus into ``ratio``: r = a / |X| where safe
-    (relaxed: 1 + step (a / |X| - 1)), 1 at masked pixels; NaN where the extreme path must
-    run. Returns how many do."""
-    tiny, huge, ratio_max = limits[0], limits[1], limits[2]
-    one = ratio_max / ratio_max
-    relax = one * step
-    extreme = 0
-    for p in range(power.shape[0]):
-        a = amplitudes[p]
-        modulus = np.sqrt(power[p])
-        safe = (power[p] >= tiny) & (power[p] <= huge) & (a <= modulus * ratio_max)
-        plain = a / modulus if safe & good[p] else one
-        value = one + relax * (plain - one) if relaxed else plain
-        unsafe = good[p] & ~safe
-        ratio[p] = np.nan if unsafe else mix * value - minus
-        extreme += unsafe
-    return extreme
-
-
-@_jit
-def _constrain_extreme(values, amplitude, relax, mix, minus):
-    """Eq. 4 at one pixel without the ratio (:func:`ptychograph.fourier._constrain_extreme`):
-    the modes scaled exactly by 2^-e to a modulus near 1, then given the amplitude; relaxed as
-    (1 - relax) X + relax X_c; mix F_c X - minus X written; all-zero pixels left as they are."""
-    largest = 0.0
-    for m in range(values.shape[0]):
-        largest = max(largest, abs(values[m].real), abs(values[m].imag))
-    if not largest > 0:
-        return
-    shift = -math.frexp(largest)[1]
-    power = 0.0
-    for m in range(values.shape[0]):
-        re = math.ldexp(values[m].real, shift)
-        im = math.ldexp(values[m].imag, shift)
-        power += re * re + im * im
-    factor = amplitude / math.sqrt(power)
-    for m in range(values.shape[0]):
-        re = math.ldexp(values[m].real, shift) * factor
-        im = math.ldexp(values[m].imag, shift) * factor
-        re = (1 - relax) * values[m].real + relax * re
-        im = (1 - relax) * values[m].imag + relax * im
-        values[m] = complex(mix * re - minus * values[m].real, mix * im - minus * values[m].imag)
+            if store:
+                target, model_mode = cache[j, m], model[j, m]
+                for p in range(pixels):
+                    target[p] = weight * model_mode[p] + mode[p]
 
 
 @_jit

@@ -22,6 +22,7 @@ import os
 from types import ModuleType
 
 import numpy as np
+import psutil
 
 from ptychograph.backend import Array, empty_aligned, fft2, ifft2
 from ptychograph.fourier import fourier_error, modulus_constraint
@@ -55,9 +56,11 @@ class CpuOps:
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
         rotation: Array | None = None,
+        spectra: tuple[Array, bool] | None = None,
     ) -> FourierError:
         """See :meth:`ptychograph.ops.BatchOps.exit_wave_update`, in sub-batches of
-        :data:`SUB_BATCH` views (:meth:`_exit_wave_update`)."""
+        :data:`SUB_BATCH` views (:meth:`_exit_wave_update`); ``spectra`` (buffer, fresh): the
+        buffer of :func:`spectra_buffer` for the views, holding F psi if fresh, or None."""
         error = FourierError(0.0, 0.0)
         for sl in _sub_batches(exit_waves.shape[0]):
             error = error + self._exit_wave_update(
@@ -71,6 +74,7 @@ class CpuOps:
                 noise_bound,
                 out,
                 rotation,
+                None if spectra is None else (spectra[0][sl], spectra[1]),
             )
         return error
 
@@ -115,19 +119,24 @@ class CpuOps:
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
         rotation: Array | None = None,
+        spectra: tuple[Array, bool] | None = None,
     ) -> FourierError:
         """See :meth:`ptychograph.ops.BatchOps.exit_wave_update`: phi, F phi (its mode power
         gives the error), X = 2 F phi - F psi in F psi's buffer, F_c X, and
         psi += beta (F^-1 F_c X - phi), after psi <- R psi given a ``rotation`` R. The kernels
         form X = 2 F phi - R F psi (F R psi = R F psi) and, as R F psi = 2 F phi - X, the new psi
-        as (2 - beta) phi + F^-1[beta F_c X - X]: neither rotating nor reading the old psi."""
+        as (2 - beta) phi + F^-1[beta F_c X - X]: neither rotating nor reading the old psi.
+        Given ``spectra`` (kernels only), F psi is read from it when fresh instead of
+        transformed, and the new F psi = (2 - beta) F phi + beta F_c X - X is written to it."""
         views = _form_views(probe_views, obj_views)
         model = fft2(views)
         if self.kernels is not None:
-            spectrum = fft2(exit_waves)
+            cache, fresh = (None, False) if spectra is None else spectra
+            spectrum = empty_aligned(model.shape, model.dtype) if fresh else fft2(exit_waves)
+            source = cache if fresh else None
             error = FourierError(
                 *self.kernels.fourier_step(
-                    model, spectrum, amplitudes, good, noise_bound, rotation, beta
+                    model, spectrum, amplitudes, good, noise_bound, rotation, beta, source, cache
                 )
             )
             del model
@@ -252,6 +261,9 @@ class CpuOps:
 #: batch size (memory plan, GPUs) is unchanged.
 SUB_BATCH = 16
 
+#: Largest share of the memory available when a chunk's first update runs that its kept F psi
+#: (the size of its psi) may take; beyond it the chunk transforms psi each update instead.
+SPECTRA_FRACTION = 0.25
 
 #: Whether CpuOps uses the numba kernels when ``PTYCHOGRAPH_NUMBA`` is unset (and numba is
 #: installed: the ``numba`` extra). They give NumpyOps' results to round-off
@@ -279,6 +291,20 @@ def _kernels() -> ModuleType | None:
         return importlib.import_module("ptychograph.cpu_fused")
     except ImportError:
         return None
+
+
+def spectra_buffer(ops: object, exit_waves: Array) -> Array | None:
+    """An uninitialised array like ``exit_waves`` ((N, M_P, M_O, H, W)) for the F psi that the
+    fused kernels keep between updates, or None: not ``CpuOps`` with kernels, turned off
+    (``PTYCHOGRAPH_SPECTRA=0``), or more than :data:`SPECTRA_FRACTION` of the memory available
+    now (docs/design.md, "Cost on CPU")."""
+    if not isinstance(ops, CpuOps) or ops.kernels is None or not isinstance(exit_waves, np.ndarray):
+        return None
+    if os.environ.get("PTYCHOGRAPH_SPECTRA", "1") != "1":
+        return None
+    if exit_waves.nbytes > SPECTRA_FRACTION * psutil.virtual_memory().available:
+        return None
+    return empty_aligned(exit_waves.shape, exit_waves.dtype)
 
 
 def _sub_batches(n_views: int) -> list[slice]:

@@ -57,6 +57,7 @@ class BatchOps(Protocol):
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
         rotation: Array | None = None,
+        spectra: tuple[Array, bool] | None = None,
     ) -> FourierError:
         """Eqs. 3-4 in place: psi <- psi + beta (F^-1 F_c[2 phi - psi] - phi), phi = (S_j P)(E_j O).
 
@@ -66,7 +67,10 @@ class BatchOps(Protocol):
         (:func:`ptychograph.operators.rotate_modes`; the fused CPU kernels fold it in).
         Given ``out`` (object partials: numerator (M_O, Y, X), denominator (Y, X)), the eq. 6
         terms of the new psi are added into it, fused with the update (:meth:`object_partials`).
-        Returns the Fourier error terms of phi (before the update).
+        spectra : (buffer, fresh) for the F psi that :class:`ptychograph.cpu_ops.CpuOps`'
+        kernels keep between updates (:func:`ptychograph.cpu_ops.spectra_buffer`); other ops
+        are never given one and ignore it. Returns the Fourier error terms of phi (before the
+        update).
         """
         ...
 
@@ -117,6 +121,7 @@ class NumpyOps:
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
         rotation: Array | None = None,
+        spectra: tuple[Array, bool] | None = None,
     ) -> FourierError:
         """See :meth:`BatchOps.exit_wave_update`."""
         if rotation is not None:

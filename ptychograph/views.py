@@ -1,14 +1,11 @@
 """Per-chunk work of one DM iteration: exit-wave update and overlap partial sums.
 
-A :class:`ViewChunk` holds everything that stays with a set of views between iterations - the
-measured amplitudes, the view positions and the exit waves psi. The functions here are what a
-worker runs on its resident chunk; they return only small values (error terms and
-:class:`~ptychograph.partials.OverlapPartials`), never psi. Views are processed in batches so
-that scratch memory stays a small multiple of one batch: this module cuts the batches, gathers
-each batch's shifted probe S_j P and object views E_j O, spreads the batches over threads and
-adds up the sums; the batch bodies are the named ops of :mod:`ptychograph.ops` (NumPy, or the
-fused CUDA kernels), passed as ``ops=``.
-
+A :class:`ViewChunk` holds what stays with a set of views between iterations (amplitudes,
+positions, exit waves psi); the functions here are what a worker runs on it and return only
+small values (error terms, :class:`~ptychograph.partials.OverlapPartials`), never psi. They cut
+the views into batches (scratch memory: a small multiple of one batch), gather each batch's
+S_j P and E_j O, spread the batches over threads and add up the sums; the batch bodies are the
+ops of :mod:`ptychograph.ops` (NumPy, numba or CUDA kernels), passed as ``ops=``.
 Equations: docs/design.md, "One DM iteration" (Dong et al., arXiv:1808.10375, eqs. 2-6).
 """
 
@@ -31,6 +28,7 @@ from ptychograph.backend import (
     get_array_module,
     single_fft_worker,
 )
+from ptychograph.cpu_ops import spectra_buffer
 from ptychograph.fourier import fourier_error
 from ptychograph.operators import SubpixelShift, exit_waves, extract_views
 from ptychograph.operators import rotate_modes as rotate_modes  # re-exported (growth.py)
@@ -59,6 +57,8 @@ class ViewChunk:
     ``first .. first + N - 1``); position correction moves views by these indices.
     table : the :class:`~ptychograph.shifted_probe.ShiftTable` of S_s P (shared by the chunks
     of one executor slot; its ``steps`` fix the rounding of the offsets for every path).
+    spectra : (the psi it belongs to, F psi) kept by the CPU kernels between updates
+    (:func:`ptychograph.cpu_ops.spectra_buffer`), or None; stale once psi is another array.
     """
 
     amplitudes: Array
@@ -71,6 +71,7 @@ class ViewChunk:
     table: ShiftTable = field(default_factory=ShiftTable, repr=False)
     _slots: tuple[ShiftTable, Array, Array] | None = field(default=None, repr=False)
     _views: tuple[ShiftTable, int, Array, Array] | None = field(default=None, repr=False)
+    spectra: tuple[Array, Array] | None = field(default=None, repr=False)
 
     def shifter(self, sl: slice, dtype: Any) -> SubpixelShift:
         """S_j for the views ``sl`` (offsets rounded to the table's grid)."""
@@ -103,19 +104,18 @@ class ViewChunk:
         """Bytes of the chunk's amplitudes, positions, exit waves, S_j P (not the table)."""
         total = self.amplitudes.nbytes + self.corners.nbytes + self.frac.nbytes
         total += self.exit_waves.nbytes + (0 if self._views is None else self._views[3].nbytes)
+        total += 0 if self.spectra is None else self.spectra[1].nbytes
         return int(total + (self.good.nbytes if self.good is not None else 0))
 
 
 def shifted_probe(
     chunk: ViewChunk, probe: Array, rotation: Array | None = None, batch_size: int = 64
 ) -> Array | None:
-    """S_j P of every view (N, M_P, H, W), gathered from the rows of ``chunk.table``
-    (:class:`~ptychograph.shifted_probe.ShiftTable`, made or rotated there when the probe
-    changed; ``rotation`` : the mode rotation that may have turned the held probe into
-    ``probe``) and kept with the chunk while the rows are the same: one copy per probe instead
-    of one per sweep. The (1, M_P, H, W) probe itself when every offset is 0. Read-only. None
-    on CuPy (GPU memory is planned without the table and its FFTs are cheap: each batch shifts
-    the probe itself, :func:`batch_probe`)."""
+    """S_j P of every view (N, M_P, H, W), gathered from the rows of ``chunk.table`` (made or
+    rotated there when the probe changed; ``rotation`` : the mode rotation that may have turned
+    the held probe into ``probe``), kept while the rows are the same: one copy per probe, not
+    per sweep. The (1, M_P, H, W) probe itself when every offset is 0. Read-only. None on CuPy
+    (GPU memory is planned without the table; each batch shifts the probe, :func:`batch_probe`)."""
     if chunk.integer():
         return probe[None]
     if get_array_module(probe) is not np:
@@ -179,9 +179,8 @@ def make_chunk(
 ) -> ViewChunk:
     """Build a chunk whose exit waves start at the current views, psi = phi = P O.
 
-    amplitudes : (N, H, W) real, centred like the detector frames (stored in FFT order);
-    origins : (N, 2) float view corners in object pixels;
-    probe : (M_P, H, W); obj : (M_O, Y, X). The exit waves take the probe's dtype.
+    amplitudes : (N, H, W) real, centred like the detector frames (stored in FFT order); origins
+    : (N, 2) float view corners in object pixels; probe : (M_P, H, W); obj : (M_O, Y, X).
     subpixel : the sub-pixel method (``"fourier"``; kept with the chunk for the record).
     first : index in the scan of the first view (:attr:`ViewChunk.first`).
     table : the :class:`~ptychograph.shifted_probe.ShiftTable` to share (a new one if None).
@@ -204,6 +203,7 @@ def make_chunk(
 
 def reset_exit_waves(chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64) -> None:
     """Set psi = phi = P O for every view of the chunk, in place (start or recovery)."""
+    chunk.spectra = None
     shifted_probe(chunk, probe, batch_size=batch_size)
     for sl in batch_slices(chunk.n_views, batch_size):
         chunk.exit_waves[sl] = current_views(chunk, sl, probe, obj)
@@ -228,16 +228,18 @@ def update_views(
     probe-mode rotation the probe has had since the last update, or None; the batch ops apply it
     to psi (first, or within the fused kernels) so that psi stays consistent with the modes.
     noise_bound : Fourier-constraint relaxation (:func:`~ptychograph.fourier.modulus_constraint`).
-    The object update right after the exit-wave update uses the same probe, so each batch's
-    shifted probe S_j P is computed once and psi is read once while it is hot in cache; it also
-    lets a worker answer one task with both the error and the object partials.
-    ops : the batch ops (:func:`ptychograph.ops.select_ops`); None is :class:`NumpyOps`.
-    Returns the Fourier error terms and (if ``with_object_partials``) the eq. 6 partials.
-    """
+    Fused with the object update (same probe): psi is read once, while hot in cache, and a
+    worker answers one task with the error and the object partials. ops : the batch ops
+    (:func:`ptychograph.ops.select_ops`); None is :class:`NumpyOps`. With the CPU kernels F psi
+    is kept in ``chunk.spectra`` where memory allows (one FFT less per view and mode). Returns
+    the Fourier error terms and (if ``with_object_partials``) the eq. 6 partials."""
     batch_ops = _ops(ops)
     xp = get_array_module(probe)
     obj_shape = (int(obj.shape[1]), int(obj.shape[2]))
     shifted = shifted_probe(chunk, probe, rotation, batch_size)
+    held, chunk.spectra = chunk.spectra, None  # stale until every batch is updated
+    fresh = held is not None and held[0] is chunk.exit_waves
+    spectra = held[1] if fresh and held is not None else spectra_buffer(batch_ops, chunk.exit_waves)
 
     def work(batches: list[slice]) -> tuple[FourierError, OverlapPartials | None]:
         sums = None
@@ -257,10 +259,12 @@ def update_views(
                 noise_bound,
                 sums,
                 rotation,
+                None if spectra is None else (spectra[sl], fresh),
             )
         return error, sums
 
     parts = _in_threads(work, chunk.n_views, batch_size, xp)
+    chunk.spectra = None if spectra is None else (chunk.exit_waves, spectra)
     error = sum((p[0] for p in parts[1:]), parts[0][0])
     if not with_object_partials:
         return error, None
@@ -363,14 +367,10 @@ def _sum_parts(parts: list[Any]) -> OverlapPartials:
 def _in_threads(
     work: Callable[[list[slice]], T], n_views: int, batch_size: int, xp: Any
 ) -> list[T]:
-    """Run ``work`` over the chunk's batches, split between CPU threads.
-
-    On NumPy the batches are dealt round-robin to ``backend.fft_workers()`` threads (NumPy and
-    scipy.fft release the GIL on large arrays, so elementwise work runs in parallel too, not
-    only the FFTs); each thread's FFTs then use one worker. Every thread accumulates its own
-    partial sums; the caller adds them in thread order, so the result does not depend on
-    timing. On CuPy (one device stream) all batches run in order in one call.
-    """
+    """Run ``work`` over the chunk's batches, split between CPU threads: on NumPy dealt
+    round-robin to ``backend.fft_workers()`` threads (NumPy and the FFTs release the GIL), each
+    thread's FFTs on one worker, each thread with its own partial sums (added by the caller in
+    thread order: no dependence on timing); on CuPy (one stream) all in order in one call."""
     batches = list(batch_slices(n_views, batch_size))
     threads = min(fft_workers(), len(batches)) if xp is np else 1
     if threads <= 1:

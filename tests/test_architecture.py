@@ -21,7 +21,16 @@ LAYERS: list[set[str]] = [
     | {"noise"}
     | {"io", "io.cxi", "io.hxn", "io.npz", "io.validate", "io.zarr_store", "io.store_check"}
     | {"io.live_mark", "live", "scan_watch"},
-    {"ops", "gpu", "gpu.kernels", "gpu.ops", "shifted_probe", "cpu_ops", "cpu_fused"},
+    {
+        "ops",
+        "gpu",
+        "gpu.kernels",
+        "gpu.ops",
+        "shifted_probe",
+        "cpu_ops",
+        "cpu_fused",
+        "cpu_fused_pixels",
+    },
     {"views", "likelihood", "positions"},
     {"state", "problem", "run_checks"},
     {"resident", "growth"},

@@ -36,6 +36,7 @@ class CupyOps:
         noise_bound: float = 0.0,
         out: OverlapPartials | None = None,
         rotation: Array | None = None,
+        spectra: tuple[Array, bool] | None = None,
     ) -> FourierError:
         """Eqs. 3-4 of a batch (:meth:`ptychograph.ops.BatchOps.exit_wave_update`):
         views_and_iterate -> F phi, F(2 phi - psi) -> [fourier_residuals, :func:`noise_steps`]
