@@ -5,7 +5,9 @@ amplitudes (N_w H W reals); on top come the scratch arrays of one batch of views
 two spectra, the projection and the shifted probes: about :data:`SCRATCH_COPIES` psi-sized
 arrays of ``batch`` views) and the object-sized partial sums. A run whose estimate does not fit
 first gets a smaller batch size; if even one view per batch does not fit it is refused with the
-numbers, instead of dying half way from an allocation that could have been foreseen.
+numbers, instead of dying half way from an allocation that could have been foreseen. Not
+planned here: the F psi that the CPU kernels keep per chunk, allocated only where the memory
+available at the time allows (:func:`ptychograph.cpu_ops.spectra_buffer`).
 """
 
 from __future__ import annotations
