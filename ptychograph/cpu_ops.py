@@ -1,23 +1,22 @@
 """The batch ops of :mod:`ptychograph.ops` rewritten for NumPy on CPU: fewer passes over memory.
 
 :class:`CpuOps` computes what :class:`ptychograph.ops.NumpyOps` (the one NumPy reference)
-computes, with the same methods and results to round-off (tests/test_kernels.py checks both
-against the equations and against each other on random inputs). Only the order of the element-wise
-work differs: a CPU iteration away from its FFTs is bound by memory traffic, and the broadcast
-reductions of the reference (``sum(conj(S_j P)[:, :, None] * psi, axis=1)``,
-``sum(re^2 + im^2, axis=(1, 2))``) write psi-sized temporaries that are read once. Here the sums
-over modes are accumulated mode by mode into one frame-sized buffer per view, the mode powers
-come from ``abs`` (one pass), and the DM update and the probe terms work frame by frame in
-preallocated buffers. With numba installed (the ``numba`` extra), unless ``PTYCHOGRAPH_NUMBA=0``
-(or ``CpuOps(fused=False)``), the element-wise work between the FFTs runs in the fused kernels
-of :mod:`ptychograph.cpu_fused` instead (:func:`fused_kernels`, :data:`FUSED_BY_DEFAULT`). Shapes
-and equations: :mod:`ptychograph.ops`; docs/design.md, "One DM iteration".
+computes, to round-off (tests/test_kernels.py checks both against the equations and each other
+on random inputs); only the order of the element-wise work differs. Away from its FFTs a CPU
+iteration is bound by memory traffic, and the reference's broadcast reductions write psi-sized
+temporaries read once; here the mode sums accumulate mode by mode into one frame-sized buffer
+per view, mode powers come from ``abs`` and the DM update and probe terms work frame by frame in
+preallocated buffers. With numba (the ``numba`` extra), unless ``PTYCHOGRAPH_NUMBA=0`` (or
+``CpuOps(fused=False)``), that work runs in the kernels of :mod:`ptychograph.cpu_fused`
+(:func:`fused_kernels`), which also keep F psi between updates (:func:`spectra_buffer`). Shapes
+and equations: :mod:`ptychograph.ops`; docs/design.md, "One DM iteration", "Cost on CPU".
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 from types import ModuleType
 
@@ -255,23 +254,20 @@ class CpuOps:
             np.add(out.numerator, _sum_unshifted(terms, ramps), out=out.numerator)
 
 
-#: Views per sub-batch: a batch's element-wise passes and FFTs run on this many views at a time,
-#: whose psi, spectra and S_j P stay in the CPU caches between the passes (measured: 10 % less
-#: CPU time per iteration than 64 views at 512 x 128^2, 3 modes; benchmarks/RESULTS.md). The
-#: batch size (memory plan, GPUs) is unchanged.
+#: Views per sub-batch: a batch's passes and FFTs run on this many views at a time, hot in the
+#: CPU caches (10 % less CPU time than 64 at 512 x 128^2, 3 modes; benchmarks/RESULTS.md).
 SUB_BATCH = 16
 
 #: Largest share of the memory available when a chunk's first update runs that its kept F psi
 #: (the size of its psi) may take; beyond it the chunk transforms psi each update instead.
 SPECTRA_FRACTION = 0.25
+#: A Dask worker's share of its memory limit in all with them (it spills from 0.6, pauses at 0.8).
+WORKER_FRACTION = 0.6
 
 #: Whether CpuOps uses the numba kernels when ``PTYCHOGRAPH_NUMBA`` is unset (and numba is
-#: installed: the ``numba`` extra). They give NumpyOps' results to round-off
-#: (tests/test_cpu_fused.py), but DM amplifies round-off (in double precision the two paths part
-#: from 1e-15 after 3 iterations to 2e-10 after 30), so runs sensitive to it differ as two
-#: NumPy runs with other thread counts would: position correction of the scan of
-#: tests/test_positions.py ends 0.31 px RMS from the truth with the kernels, 0.40 without;
-#: another draw of its errors 0.57 and 0.49 px.
+#: installed). Results as NumpyOps' to round-off (tests/test_cpu_fused.py), which DM amplifies
+#: (double precision: 1e-15 after 3 iterations, 2e-10 after 30): runs sensitive to it differ as
+#: NumPy runs with other thread counts would (position correction, tests/test_positions.py).
 FUSED_BY_DEFAULT = True
 
 
@@ -296,15 +292,32 @@ def _kernels() -> ModuleType | None:
 def spectra_buffer(ops: object, exit_waves: Array) -> Array | None:
     """An uninitialised array like ``exit_waves`` ((N, M_P, M_O, H, W)) for the F psi that the
     fused kernels keep between updates, or None: not ``CpuOps`` with kernels, turned off
-    (``PTYCHOGRAPH_SPECTRA=0``), or more than :data:`SPECTRA_FRACTION` of the memory available
-    now (docs/design.md, "Cost on CPU")."""
+    (``PTYCHOGRAPH_SPECTRA=0``), more than :data:`SPECTRA_FRACTION` of the memory available
+    now, or (in a Dask worker) beyond :func:`_worker_room` (docs/design.md, "Cost on CPU")."""
     if not isinstance(ops, CpuOps) or ops.kernels is None or not isinstance(exit_waves, np.ndarray):
         return None
     if os.environ.get("PTYCHOGRAPH_SPECTRA", "1") != "1":
         return None
     if exit_waves.nbytes > SPECTRA_FRACTION * psutil.virtual_memory().available:
         return None
+    if exit_waves.nbytes > _worker_room():
+        return None
     return empty_aligned(exit_waves.shape, exit_waves.dtype)
+
+
+def _worker_room() -> float:
+    """Bytes a Dask worker may still take: :data:`WORKER_FRACTION` of its memory limit less
+    what the process holds now (infinite outside a worker or without a limit), so that kept
+    spectra never push a worker towards Dask's pause and kill thresholds."""
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):
+        return math.inf
+    if not limit:
+        return math.inf
+    return WORKER_FRACTION * float(limit) - psutil.Process().memory_info().rss
 
 
 def _sub_batches(n_views: int) -> list[slice]:

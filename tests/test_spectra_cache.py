@@ -145,3 +145,26 @@ def test_spectra_buffer_policy(monkeypatch) -> None:  # type: ignore[no-untyped-
         update_views(reference, probe, obj, 0.8, 4, ops=NumpyOps())
         assert chunk.spectra is None
     close(chunk.exit_waves, reference.exit_waves, 1e-11)
+
+
+@pytest.mark.parametrize("limit, kept", [("1MiB", False), (0, True)])
+def test_a_dask_worker_keeps_spectra_only_within_its_memory_limit(limit, kept) -> None:  # type: ignore[no-untyped-def]
+    """In a worker the process's memory and its limit count too (Dask pauses a worker at 80 % of
+    its limit): a worker whose process already holds more than its share keeps none."""
+    from distributed import Client, LocalCluster
+
+    def allocate() -> bool:
+        psi = np.zeros((4, 2, 1, *FRAME), np.complex64)
+        return spectra_buffer(CpuOps(fused=True), psi) is not None
+
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            memory_limit=limit,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert client.submit(allocate, pure=False).result() is kept
