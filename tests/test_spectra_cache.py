@@ -147,24 +147,33 @@ def test_spectra_buffer_policy(monkeypatch) -> None:  # type: ignore[no-untyped-
     close(chunk.exit_waves, reference.exit_waves, 1e-11)
 
 
-@pytest.mark.parametrize("limit, kept", [("1MiB", False), (0, True)])
-def test_a_dask_worker_keeps_spectra_only_within_its_memory_limit(limit, kept) -> None:  # type: ignore[no-untyped-def]
-    """In a worker the process's memory and its limit count too (Dask pauses a worker at 80 % of
-    its limit): a worker whose process already holds more than its share keeps none."""
+@pytest.mark.parametrize("limit, gib, kept", [("4GiB", 3.0, False), ("4GiB", 0.0, True)])
+def test_a_dask_worker_keeps_spectra_only_within_its_memory_limit(limit, gib, kept) -> None:  # type: ignore[no-untyped-def]
+    """In a worker its memory limit counts too (Dask spills at 60 % and pauses at 80 % of it):
+    psi of 3 GiB gets no spectra in a worker limited to 4 GiB, a small one does; without a
+    limit (and outside a worker) the room is unbounded."""
     from distributed import Client, LocalCluster
 
-    def allocate() -> bool:
-        psi = np.zeros((4, 2, 1, *FRAME), np.complex64)
-        return spectra_buffer(CpuOps(fused=True), psi) is not None
+    def allocate() -> tuple[bool, float]:
+        shape = (max(1, int(gib * 2**30 / (2 * 8 * FRAME[0] * FRAME[1]))), 2, 1, *FRAME)
+        psi = np.broadcast_to(np.zeros(1, np.complex64), shape)  # its nbytes, no memory
+        return spectra_buffer(CpuOps(fused=True), psi) is not None, cpu_ops._worker_room()
 
-    with (
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=False,
-            memory_limit=limit,
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        assert client.submit(allocate, pure=False).result() is kept
+    def in_cluster(memory_limit: str | int) -> tuple[bool, float]:
+        with (
+            LocalCluster(
+                n_workers=1,
+                threads_per_worker=1,
+                processes=False,
+                memory_limit=memory_limit,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            return client.submit(allocate, pure=False).result()
+
+    got, room = in_cluster(limit)
+    assert got is kept and room < 0.6 * 4 * 2**30
+    assert cpu_ops._worker_room() == np.inf
+    if not gib:
+        assert in_cluster(0) == (True, np.inf)
