@@ -3,7 +3,8 @@
 The same simulated scan as :mod:`bench_peers` is reconstructed with default settings by
 ``reconstruct_in_process`` and by ``reconstruct`` on a local cluster of one worker (frames
 loaded by the worker from the Zarr store), alternately, ``--pairs`` times. Each run's s / it is
-the mean of its iterations from the third on (:class:`bench_peers.Run`); the overhead of a pair
+the mean of its iterations after the driver's first sync point (:attr:`bench_peers.Run.
+per_iteration`, which says why); the overhead of a pair
 is Dask's over in-process's, so that the machine's load, which drifts over minutes, weighs on
 both alike.
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"{args.frames} frames of {args.size}^2, {args.modes} probe mode(s), complex64, "
             f"{args.iterations} iterations, default settings; in-process and Dask alternately. "
-            "s / it: mean of the iterations from the third on.",
+            "s / it: mean of the iterations after the first sync point (11 on).",
             "",
             "| pair | in-process s / it | Dask s / it | Dask / in-process | 1-min load after |",
             "|---:|---:|---:|---:|---:|",
