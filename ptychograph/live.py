@@ -49,10 +49,10 @@ from ptychograph.errors import InputError
 from ptychograph.io.live_mark import LiveMark, write_mark
 from ptychograph.io.validate import validate_mask
 from ptychograph.io.zarr_store import (
-    _compressor,
     _root_attrs,
     _swap_into_place,
     check_target,
+    chunk_codecs,
     default_chunk_frames,
 )
 from ptychograph.paths import check_replaceable, remove
@@ -182,7 +182,7 @@ class FrameWriter:
                 shape=(0, height, width),
                 chunks=(self.chunk_frames, height, width),
                 dtype="float32",
-                compressors=_compressor(),
+                compressors=chunk_codecs(),
                 dimension_names=("frame", "py", "px"),
                 fill_value=np.nan,  # as convert's: a missing chunk reads as NaN, refused
             )
@@ -191,13 +191,13 @@ class FrameWriter:
                 shape=(0, 2),
                 chunks=(self.chunk_frames, 2),
                 dtype="float64",
-                compressors=_compressor(),
+                compressors=chunk_codecs(),
                 dimension_names=("frame", "axis"),
             )
             dims = {"mask": ("py", "px"), "illumination": ("probe_mode", "py", "px")}
             for name, data in extras.items():
                 group.create_array(
-                    name, data=data, compressors=_compressor(), dimension_names=dims[name]
+                    name, data=data, compressors=chunk_codecs(), dimension_names=dims[name]
                 )
             group.attrs.update(_root_attrs(geometry))
             write_mark(tmp, LiveMark(0, self.expected_frames, False))

@@ -39,6 +39,7 @@ import xarray as xr
 
 from ptychograph.backend import to_host
 from ptychograph.config import Config, resolve_paths
+from ptychograph.io.zarr_store import chunk_codecs
 from ptychograph.modes import orthogonalise, power_shares
 from ptychograph.paths import check_folder, check_replaceable
 from ptychograph.problem import Result
@@ -245,10 +246,13 @@ def figure_path(store: Path) -> Path:
 
 
 def write_dataset_atomic(ds: xr.Dataset, path: Path) -> None:
-    """Write to a hidden temporary store beside ``path``, then swap it into place."""
+    """Write to a hidden temporary store beside ``path``, then swap it into place. Every
+    array's chunks carry a CRC-32C (:func:`~ptychograph.io.zarr_store.chunk_codecs`), so a
+    damaged result or checkpoint fails to read instead of returning wrong values."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    encoding = {name: {"compressors": chunk_codecs()} for name in ds.variables}
     try:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+        ds.to_zarr(tmp, mode="w", consolidated=False, encoding=encoding)
         if path.exists():
             old = path.parent / f".{path.name}.{uuid.uuid4().hex}.old"
             os.replace(path, old)

@@ -352,12 +352,17 @@ def test_resume_refuses_another_extent(workspace: Workspace, cli: Cli) -> None:
     result.assert_input_error("--resume", "other input data", "n_frames")
 
 
-@pytest.mark.parametrize("damage", ["chunk", "attrs", "not-a-store"])
+@pytest.mark.parametrize("damage", ["chunk", "bit-flip", "attrs", "not-a-store"])
 def test_a_damaged_checkpoint_is_one_line(workspace: Workspace, cli: Cli, damage: str) -> None:
     checkpoint = kept_checkpoint_run(workspace, cli)
     if damage == "chunk":
         chunk = next(p for p in (checkpoint / "probe" / "c").rglob("*") if p.is_file())
         chunk.write_bytes(np.random.default_rng(0).bytes(chunk.stat().st_size))
+    elif damage == "bit-flip":  # decodes without the per-chunk CRC-32C: caught only by it
+        chunk = next(p for p in (checkpoint / "object" / "c").rglob("*") if p.is_file())
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        chunk.write_bytes(bytes(data))
     elif damage == "attrs":
         group = zarr.open_group(checkpoint, mode="r+")
         del group.attrs["config"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 
 from ptychograph.config import parse_config
 from ptychograph.engine import reconstruct_in_process
@@ -150,3 +151,20 @@ def test_fingerprint_sees_a_changed_input(tmp_path: Path) -> None:
     before = fingerprint(store)
     (store / "zarr.json").write_text('{"a": 1}')
     assert fingerprint(store) != before
+
+
+def test_a_flipped_bit_in_a_result_chunk_is_refused(result: Result, tmp_path: Path) -> None:
+    """Every array of a result store carries a CRC-32C per chunk: one flipped bit, which
+    Blosc alone may decode into a wrong value, fails the read."""
+    path = tmp_path / "r.zarr"
+    write_result(result, path)
+    np.testing.assert_array_equal(open_result(path)["object"].values, result.state.obj)
+    for name in ("object", "probe", "fourier_error"):
+        codecs = zarr.open_array(path / name, mode="r").compressors
+        assert any(isinstance(codec, zarr.codecs.Crc32cCodec) for codec in codecs), name
+    chunk = next(p for p in (path / "object" / "c").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="checksum"):
+        open_result(path)["object"].load()

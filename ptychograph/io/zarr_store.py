@@ -46,7 +46,7 @@ REAL_KINDS = "biuf"
 NUMERIC_KINDS = "biufc"
 
 
-def _compressor() -> tuple[zarr.codecs.BloscCodec, zarr.codecs.Crc32cCodec]:
+def chunk_codecs() -> tuple[zarr.codecs.BloscCodec, zarr.codecs.Crc32cCodec]:
     """Blosc/Zstd with bit-shuffle (good on float32 counts), then a CRC-32C per chunk: Blosc
     may decode a truncated chunk from whatever memory follows; the checksum refuses it."""
     blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
@@ -140,7 +140,7 @@ def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
         shape=(n_frames, height, width),
         chunks=(max(1, min(chunk_frames, n_frames)), height, width),
         dtype="float32",
-        compressors=_compressor(),
+        compressors=chunk_codecs(),
         dimension_names=("frame", "py", "px"),
         fill_value=np.nan,  # a missing chunk reads as NaN (refused), not as empty frames
     )
@@ -155,7 +155,7 @@ def _write_group(scan: Scan, folder: Path, chunk_frames: int) -> None:
         probe = np.asarray(scan.illumination, dtype=np.complex64).reshape(-1, height, width)
         extras["illumination"] = (probe, ("probe_mode", "py", "px"))
     for name, (data, dims) in extras.items():
-        group.create_array(name, data=data, compressors=_compressor(), dimension_names=dims)
+        group.create_array(name, data=data, compressors=chunk_codecs(), dimension_names=dims)
     group.attrs.update(_root_attrs(scan.geometry))
 
 
