@@ -102,9 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="simulate a scan and write it as CXI (+ truth .npz)")
     sim.add_argument("output", type=Path, help="CXI file to write (a .zarr store with --live)")
     sim.add_argument("--frames", type=int, default=400, help="number of exposures (default 400)")
-    sim.add_argument(
-        "--size", type=int, default=64, help="frame side in detector pixels (default 64)"
-    )
+    sim.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
     sim.add_argument(
         "--scan", choices=["raster", "spiral"], default="spiral", help="scan path (default spiral)"
     )
@@ -127,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="stage motion along x during one exposure, in object pixels (default 0)",
     )
+    kinds = ("star-text", "texture")  # Siemens star and text, or random textures
+    sim.add_argument("--phantom", choices=kinds, default=kinds[0], help="object (star-text)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same scan)")
     sim.add_argument("--overwrite", action="store_true", help="replace existing files")
     sim.add_argument("--live", action="store_true", help="write a frames store as a detector would")
@@ -339,6 +339,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             overlap=args.overlap,
             photons=None if args.photons == 0 else args.photons,
             fly_blur=args.fly_blur,
+            phantom=args.phantom,
             seed=args.seed,
         )
     except ValidationError as err:

@@ -1,4 +1,4 @@
-"""Test images for the simulator: a Siemens star and rendered text.
+"""Test images for the simulator: a Siemens star and rendered text, or a random texture.
 
 The seed paper's synthetic benchmark uses two images as the object's amplitude and phase; these
 are generated here (no downloads), so simulations are reproducible anywhere.
@@ -50,11 +50,26 @@ def text_image(shape: tuple[int, int], text: str = "PTYCHO\nGRAPH") -> np.ndarra
     return gaussian_filter(image, 0.5)
 
 
-def test_object(shape: tuple[int, int], max_phase: float = 1.0) -> np.ndarray:
-    """Complex object: Siemens-star amplitude (0.6..1) and text phase (0..max_phase).
+def random_texture(shape: tuple[int, int], seed: int, width: float = 2.0) -> np.ndarray:
+    """Gaussian-filtered white noise (``width`` pixels), scaled to [0, 1]: (Y, X) float64.
+    Unlike the star and the text it has structure in every direction everywhere, so every
+    view's position is determined by the object."""
+    field = gaussian_filter(np.random.default_rng(seed).standard_normal(shape), width)
+    return (field - field.min()) / (field.max() - field.min())
+
+
+def test_object(
+    shape: tuple[int, int], max_phase: float = 1.0, kind: str = "star-text", seed: int = 0
+) -> np.ndarray:
+    """Complex object, amplitude 0.6..1 and phase 0..max_phase: a Siemens star and text
+    (``kind`` "star-text"), or two independent random textures ("texture", from ``seed``).
 
     Returns (1, Y, X) complex128, one object mode.
     """
-    amplitude = 1.0 - 0.4 * siemens_star(shape)
-    phase = max_phase * text_image(shape)
+    if kind == "texture":
+        amplitude = 1.0 - 0.4 * random_texture(shape, seed)
+        phase = max_phase * random_texture(shape, seed + 1)
+    else:
+        amplitude = 1.0 - 0.4 * siemens_star(shape)
+        phase = max_phase * text_image(shape)
     return (amplitude * np.exp(1j * phase))[None]

@@ -47,6 +47,11 @@ class SimulationConfig(BaseModel):
     fly_steps: int = Field(8, ge=1, le=256, description="Sub-positions averaged per exposure.")
     probe_diameter: float = Field(0.4, gt=0.05, lt=0.8, description="Probe size / frame size.")
     max_phase: float = Field(1.0, ge=0.0, le=6.3, description="Object phase range (rad).")
+    phantom: Literal["star-text", "texture"] = Field(
+        "star-text",
+        description="Object: Siemens-star amplitude and text phase, or random textures "
+        "(structure in every direction everywhere).",
+    )
     energy_ev: float = Field(8000.0, gt=0, description="Photon energy, eV.")
     distance_m: float = Field(2.0, gt=0, description="Sample-detector distance, m.")
     detector_pixel_m: float = Field(75e-6, gt=0, description="Detector pixel size, m.")
@@ -120,7 +125,7 @@ def simulate(config: SimulationConfig) -> Simulation:
     positions = pos_px * np.asarray(pixel)  # metres (y, x)
     origins = view_origins(positions, pixel, margin=8)
     shape = object_shape(origins, (size, size), margin=8)
-    obj = test_object(shape, config.max_phase)
+    obj = test_object(shape, config.max_phase, config.phantom, config.seed)
     probe = zone_plate_probe(size, config.probe_diameter)[None]
     intensity = _fly_intensity(obj, probe, origins, config)
     scale = 1.0
