@@ -7,7 +7,8 @@
    phase, scale and shift removed), single and double precision, 1 and 3 probe modes.
 2. Position correction, simulated: positions in the file off by 2 px RMS; corrected positions
    against the truth (a global shift removed) and R against a run from the true positions;
-   then the same scan corrected from five draws of the errors (``draws``).
+   then the same scan corrected from five draws of the errors and from the true positions
+   (``draws``; ``draws-texture``: the same with a textured object).
 3. Position correction, measured: the Siemens star (tests/data, Velociprobe at the APS) with
    its positions perturbed by 2 px RMS: R with and without correction, and from the given
    positions.
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychograph.config import parse_config
+from ptychograph.config_reconstruction import ML_WITH_POSITIONS
 from ptychograph.engine import reconstruct_in_process
 from ptychograph.io.cxi import write_cxi
 from ptychograph.metrics import illumination, relative_error
@@ -100,18 +102,22 @@ def perturb(scan: Scan, sigma_px: float, pixel: np.ndarray, seed: int) -> tuple[
     return replace(scan, positions=scan.positions + errors * pixel), float(np.abs(errors).max())
 
 
-def positions_section(folder: Path, iterations: int) -> list[str]:
+def positions_section(folder: Path, iterations: int, ml: int) -> list[str]:
+    """True, perturbed and corrected positions; every run refines ``ml`` ML iterations after
+    DM (the default with position correction), so the R compare like for like."""
     sim = simulate(SimulationConfig(n_frames=200, frame_size=64, photons=1e6, seed=3))
     pixel = np.asarray(sim.scan.geometry.object_pixel)
     bad, worst = perturb(sim.scan, 2.0, pixel, 7)
     write_cxi(folder / "good.cxi", sim.scan)
     write_cxi(folder / "bad.cxi", bad)
-    true, _ = run(folder / "good.cxi", iterations=iterations)
-    plain, _ = run(folder / "bad.cxi", iterations=iterations)
-    fixed, seconds = run(folder / "bad.cxi", iterations=iterations, position_correction=True)
+    true, _ = run(folder / "good.cxi", iterations=iterations, ml_iterations=ml)
+    plain, _ = run(folder / "bad.cxi", iterations=iterations, ml_iterations=ml)
+    fixed, seconds = run(
+        folder / "bad.cxi", iterations=iterations, ml_iterations=ml, position_correction=True
+    )
     return [
-        f"simulated, 200 x 64^2, 1e6 photons, {iterations} DM iterations; errors 2 px RMS per "
-        f"axis (worst {worst:.1f} px)",
+        f"simulated, 200 x 64^2, 1e6 photons, {iterations} DM + {ml} ML iterations; errors 2 px "
+        f"RMS per axis (worst {worst:.1f} px)",
         "",
         "| run | position error (px RMS, shift removed) | R |",
         "| --- | ---: | ---: |",
@@ -124,25 +130,35 @@ def positions_section(folder: Path, iterations: int) -> list[str]:
 
 
 def draws_section(
-    folder: Path, iterations: int, seeds: tuple[int, ...] = (7, 8, 9, 10, 11)
+    folder: Path,
+    iterations: int,
+    ml: int,
+    seeds: tuple[int, ...] = (7, 8, 9, 10, 11),
+    phantom: str = "star-text",
 ) -> list[str]:
-    """The scan of :func:`positions_section` corrected from several draws of its errors."""
-    sim = simulate(SimulationConfig(n_frames=200, frame_size=64, photons=1e6, seed=3))
+    """The scan of :func:`positions_section` (or the same with a textured object) corrected
+    from several draws of its errors, and from the true positions (no error: how far the
+    correction moves views that need no move)."""
+    sim = simulate(
+        SimulationConfig(n_frames=200, frame_size=64, photons=1e6, seed=3, phantom=phantom)
+    )
     pixel = np.asarray(sim.scan.geometry.object_pixel)
     rows = []
-    for seed in seeds:
-        bad, worst = perturb(sim.scan, 2.0, pixel, seed)
-        write_cxi(folder / f"bad{seed}.cxi", bad)
-        fixed, _ = run(folder / f"bad{seed}.cxi", iterations=iterations, position_correction=True)
+    for seed, sigma in [(seeds[0], 0.0)] + [(seed, 2.0) for seed in seeds]:
+        bad, worst = perturb(sim.scan, sigma, pixel, seed)
+        name = folder / f"{phantom}-{seed}-{sigma}.cxi"
+        write_cxi(name, bad)
+        fixed, _ = run(name, iterations=iterations, ml_iterations=ml, position_correction=True)
         diff = fixed.state.origins - sim.origins
         per_view = np.sqrt(((diff - diff.mean(axis=0)) ** 2).sum(axis=1))
+        label = "none (true positions)" if sigma == 0 else str(seed)
         rows.append(
-            f"| {seed} | {worst:.1f} | {rms(fixed.state.origins, sim.origins):.3f} "
+            f"| {label} | {worst:.1f} | {rms(fixed.state.origins, sim.origins):.3f} "
             f"| {np.median(per_view):.3f} | {per_view.max():.2f} | {final_r(fixed):.4g} |"
         )
     return [
-        f"simulated, 200 x 64^2, 1e6 photons, {iterations} DM iterations; errors 2 px RMS per "
-        "axis, drawn with each seed",
+        f"simulated ({phantom} object), 200 x 64^2, 1e6 photons, {iterations} DM + {ml} ML "
+        "iterations; errors 2 px RMS per axis, drawn with each seed",
         "",
         "| errors' seed | worst in the file (px) | corrected: RMS (px) | median | worst | R |",
         "| ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -162,7 +178,7 @@ def star_scan() -> Scan:
     return Scan(frames, positions_px * 1e-8, geometry, None, probe)
 
 
-def star_section(folder: Path, iterations: int) -> list[str]:
+def star_section(folder: Path, iterations: int, ml: int) -> list[str]:
     scan = star_scan()
     bad, worst = perturb(scan, 2.0, np.asarray([1e-8, 1e-8]), 11)
     write_cxi(folder / "star.cxi", scan)
@@ -175,13 +191,17 @@ def star_section(folder: Path, iterations: int) -> list[str]:
         ("given positions, corrected", "star.cxi", True),
     ):
         result, seconds = run(
-            folder / path, iterations=iterations, position_correction=correct, probe_modes=1
+            folder / path,
+            iterations=iterations,
+            ml_iterations=ml,
+            position_correction=correct,
+            probe_modes=1,
         )
         moved = rms(result.state.origins, result.problem.origins)
         rows.append(f"| {name} | {final_r(result):.4g} | {moved:.2f} | {seconds:.0f} |")
     return [
-        f"Siemens star (516 x 128^2, measured), {iterations} DM iterations; perturbed by 2 px "
-        f"RMS per axis (worst {worst:.1f} px)",
+        f"Siemens star (516 x 128^2, measured), {iterations} DM + {ml} ML iterations; perturbed "
+        f"by 2 px RMS per axis (worst {worst:.1f} px)",
         "",
         "| run | R | moved (px RMS) | s |",
         "| --- | ---: | ---: | ---: |",
@@ -208,11 +228,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument(
         "--only",
-        choices=("ml", "positions", "draws", "star", "flux"),
+        choices=("ml", "positions", "draws", "draws-texture", "star", "flux"),
         help="run one section only",
     )
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
+    ml = int(ML_WITH_POSITIONS * scale)
     sections: dict[str, tuple[str, Callable[[Path], list[str]]]] = {
         "ml": (
             "ML refinement",
@@ -220,13 +241,20 @@ def main() -> int:
         ),
         "positions": (
             "Position correction, simulated",
-            lambda f: positions_section(f, int(200 * scale)),
+            lambda f: positions_section(f, int(200 * scale), ml),
         ),
         "draws": (
             "Position correction, five draws of the errors",
-            lambda f: draws_section(f, int(200 * scale)),
+            lambda f: draws_section(f, int(200 * scale), ml),
         ),
-        "star": ("Position correction, Siemens star", lambda f: star_section(f, int(100 * scale))),
+        "draws-texture": (
+            "Position correction, five draws of the errors, textured object",
+            lambda f: draws_section(f, int(200 * scale), ml, phantom="texture"),
+        ),
+        "star": (
+            "Position correction, Siemens star",
+            lambda f: star_section(f, int(100 * scale), ml),
+        ),
         "flux": ("Flux-normalised frames", lambda f: flux_section(f, int(40 * scale))),
     }
     with tempfile.TemporaryDirectory() as tmp:

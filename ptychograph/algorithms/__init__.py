@@ -47,11 +47,16 @@ def ml_options(rec: ReconstructionConfig, summary: ScanSummary | None = None) ->
 
 
 def position_options(rec: ReconstructionConfig, origins: np.ndarray) -> PositionOptions:
-    """Position-correction options; ``origins`` : (N, 2) measured view corners."""
+    """Position-correction options: during DM from ``position_start`` until ``position_stop``
+    (fractions of the DM iterations), and through every ML iteration; ``origins`` : (N, 2)
+    measured view corners."""
     start = int(round(rec.position_start * rec.iterations))
     stop = None if rec.position_stop >= 1.0 else int(round(rec.position_stop * rec.iterations))
+    refine = rec.iterations if rec.ml_iterations else None
     initial = np.asarray(origins, dtype=np.float64)
-    return PositionOptions(start, rec.position_max_step, rec.position_max_shift, initial, stop)
+    return PositionOptions(
+        start, rec.position_max_step, rec.position_max_shift, initial, stop, refine
+    )
 
 
 def plan_from(

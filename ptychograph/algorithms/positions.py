@@ -17,10 +17,11 @@ and one small step on the client solves them and applies the limits:
 * views whose object is featureless (a small system) barely move: the systems are damped by
   5 % of their median size;
 * a view takes half of its least-squares move per iteration (:data:`GAIN`);
-* positions are corrected from iteration ``start`` until ``stop`` (by default the averaging
-  window of DM and the ML refinement see fixed positions: an average over moving views blurs,
-  and on measured data positions that still move at the end cost fit, see
-  benchmarks/RESULTS.md).
+* positions are corrected from iteration ``start`` until ``stop``, and again through the ML
+  refinement (``refine``): DM brings the views near, and ML, whose iterates converge, settles
+  them where DM's fluctuating iterates leave them wandering (docs/design.md, "Position
+  correction"). DM's averaging window sees fixed positions: an average over moving views
+  blurs, and on measured data positions that still move at the end of DM cost fit.
 
 The new positions travel in :attr:`State.origins`; every per-chunk task moves its views to
 them first (:func:`ptychograph.positions.follow_origins`), in process or on any worker.
@@ -59,8 +60,9 @@ LINEAR_GAIN = 0.3
 @dataclass(frozen=True)
 class PositionOptions:
     """start : first iteration (0-based, over the run) after which positions are corrected;
-    stop : first iteration after which they stay fixed (None: never). max_step, max_shift :
-    pixels (module docstring). initial : (N, 2) measured view corners.
+    stop : first iteration after which they stay fixed (None: never); refine : first iteration
+    from which they are corrected again to the end (the ML refinement; None: none).
+    max_step, max_shift : pixels (module docstring). initial : (N, 2) measured view corners.
     """
 
     start: int
@@ -68,9 +70,12 @@ class PositionOptions:
     max_shift: float
     initial: np.ndarray
     stop: int | None = None
+    refine: int | None = None
 
     def active(self, iteration: int) -> bool:
         """Whether positions are corrected after ``iteration``."""
+        if self.refine is not None and iteration >= self.refine:
+            return True
         return iteration >= self.start and (self.stop is None or iteration < self.stop)
 
 
