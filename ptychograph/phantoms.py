@@ -6,6 +6,8 @@ are generated here (no downloads), so simulations are reproducible anywhere.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
@@ -59,7 +61,10 @@ def random_texture(shape: tuple[int, int], seed: int, width: float = 2.0) -> np.
 
 
 def test_object(
-    shape: tuple[int, int], max_phase: float = 1.0, kind: str = "star-text", seed: int = 0
+    shape: tuple[int, int],
+    max_phase: float = 1.0,
+    kind: Literal["star-text", "texture"] = "star-text",
+    seed: int = 0,
 ) -> np.ndarray:
     """Complex object, amplitude 0.6..1 and phase 0..max_phase: a Siemens star and text
     (``kind`` "star-text"), or two independent random textures ("texture", from ``seed``).
