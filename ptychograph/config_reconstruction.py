@@ -120,6 +120,14 @@ class ReconstructionConfig(_Section):
         le=4096.0,
         description="position correction: most pixels a view may move from its given position.",
     )
+    position_search: int = Field(
+        10,
+        ge=0,
+        le=64,
+        description="position correction: reach in pixels of the whole-pixel search, after "
+        "each quarter of the ML refinement but the last, for views whose data fit far worse "
+        "than the others' (0: no search).",
+    )
 
     @model_validator(mode="before")
     @classmethod

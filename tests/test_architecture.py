@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
         "cpu_fused",
         "cpu_fused_pixels",
     },
-    {"views", "likelihood", "positions"},
+    {"views", "likelihood", "positions", "position_search"},
     {"state", "problem", "run_checks"},
     {"resident", "growth"},
     {"algorithms", "algorithms.base", "algorithms.dm", "algorithms.fit", "algorithms.ml"}

@@ -48,15 +48,21 @@ def ml_options(rec: ReconstructionConfig, summary: ScanSummary | None = None) ->
 
 def position_options(rec: ReconstructionConfig, origins: np.ndarray) -> PositionOptions:
     """Position-correction options: during DM from ``position_start`` until ``position_stop``
-    (fractions of the DM iterations), and through every ML iteration; ``origins`` : (N, 2)
-    measured view corners."""
+    (fractions of the DM iterations), and through every ML iteration, with the whole-pixel
+    search after each quarter of the ML iterations but the last; ``origins`` : (N, 2) measured view
+    corners."""
     start = int(round(rec.position_start * rec.iterations))
     stop = None if rec.position_stop >= 1.0 else int(round(rec.position_stop * rec.iterations))
     refine = rec.iterations if rec.ml_iterations else None
+    searches: tuple[int, ...] = ()
+    if rec.ml_iterations and rec.position_search:
+        after = {max(rec.ml_iterations * quarter // 4, 1) for quarter in (1, 2, 3)}
+        searches = tuple(sorted(rec.iterations + n - 1 for n in after))
     initial = np.asarray(origins, dtype=np.float64)
     return PositionOptions(
-        start, rec.position_max_step, rec.position_max_shift, initial, stop, refine
-    )
+        start, rec.position_max_step, rec.position_max_shift, initial, stop, refine,
+        searches, rec.position_search,
+    )  # fmt: skip
 
 
 def plan_from(

@@ -8,9 +8,10 @@ and one small step on the client solves them and applies the limits:
 * each view moves at most ``max_step`` pixels per iteration along each axis, and at most
   ``max_shift`` pixels from its measured position, and stays inside the object array;
 * the global constraint: the part of the moves that a translation of the whole scan
-  explains is removed (the data cannot fix it), and the part a linear map of the measured
-  positions explains (scale, rotation, shear) is taken at :data:`LINEAR_GAIN` of the rate of
-  the rest, so the scan cannot drift and scales only slowly, as the data demand;
+  explains is removed (the data cannot fix it); the part a linear map of the measured
+  positions explains (scale, rotation, shear) is removed too during DM when an ML refinement
+  follows, and taken at :data:`LINEAR_GAIN` of the rate of the rest in ML (or in DM without
+  ML), so the scan cannot drift and scales only slowly (:meth:`PositionOptions.linear_gain`);
 * during DM the systems are formed with the object the other views make (leave-one-out,
   :mod:`ptychograph.positions`), from the illumination of all views (one more reduction
   per step);
@@ -21,7 +22,13 @@ and one small step on the client solves them and applies the limits:
   refinement (``refine``): DM brings the views near, and ML, whose iterates converge, settles
   them where DM's fluctuating iterates leave them wandering (docs/design.md, "Position
   correction"). DM's averaging window sees fixed positions: an average over moving views
-  blurs, and on measured data positions that still move at the end of DM cost fit.
+  blurs, and on measured data positions that still move at the end of DM cost fit;
+* after the iterations ``searches`` (each quarter of ML but the last), the views whose
+  data fit more than :data:`OUTLIER` times worse than the median view's (at most
+  :data:`SEARCH_SHARE` of the views, the worst) are tried at every whole-pixel offset within
+  ``radius`` (:mod:`ptychograph.position_search`, on the worker that holds them) and jump to
+  the best where it cuts their error below :data:`ACCEPT` of what it was: the gradient step
+  cannot bring a view home from beyond the reach of the object's structure.
 
 The new positions travel in :attr:`State.origins`; every per-chunk task moves its views to
 them first (:func:`ptychograph.positions.follow_origins`), in process or on any worker.
@@ -36,6 +43,7 @@ import numpy as np
 from ptychograph.algorithms.base import Algorithm, Executor, Handle
 from ptychograph.backend import to_host
 from ptychograph.partials import tree_sum
+from ptychograph.position_search import search_views, view_errors
 from ptychograph.positions import follow_origins, illumination, shift_terms
 from ptychograph.resident import ResidentViews
 from ptychograph.state import State
@@ -47,14 +55,27 @@ DAMPING = 0.05
 #: 200 DM iterations) the corrected positions ended 1.7 px RMS from the truth with the full
 #: move, 0.38 px with half of it (0.34 px with 0.3, but converging half as fast).
 GAIN = 0.5
-#: Rate of the moves' linear part (scale, rotation, shear) relative to the rest. Random
-#: position errors have a linear part too (0.1-0.4 px RMS of 2 px RMS errors on 200 views);
-#: removing it entirely left it in the result, taking it at the full rate let edge views drag
+#: Rate of the moves' linear part (scale, rotation, shear) relative to the rest, during ML
+#: (during DM it is 0 when ML follows). Random position errors have a linear part too (0.1-0.4 px RMS of 2 px
+#: RMS errors on 200 views), but the scan's scale is barely fixed by the data where the probe's
+#: curvature can take it up: started from the true positions of a simulated scan with a
+#: textured object, DM's correction shrank the scan by 0.7 % (0.40 px RMS, 0.11 px without the
+#: linear part); with the linear part left to ML the views moved 0.12 px RMS. Correcting
+#: through DM alone, removing it entirely left it in the result, the full rate let edge views drag
 #: the scan: over three draws of 2 px RMS errors on a simulated scan (200 views, leave-one-out
 #: terms, an experiment's patch) the corrected positions ended 0.40-0.56 px RMS from the truth
 #: with 0, 0.44-0.59 with 1 and 0.33-0.49 with 0.3 (benchmarks/RESULTS.md: five draws with
 #: the code as it is).
 LINEAR_GAIN = 0.3
+#: A view is searched when its relative model error is above this multiple of the median's.
+#: Views at their place fit within 2x of the median on the simulated scans (textured, 2 px RMS
+#: errors, after 25 ML iterations); the views stuck 8-10 px off fitted 6-13x worse.
+OUTLIER = 3.0
+#: ... and jumps when the best whole-pixel offset cuts its error below this fraction (the
+#: stuck views measured: 0.19-0.81, the worst a view stuck beside another stuck view).
+ACCEPT = 0.85
+#: At most this share of the views (the worst) is searched per search.
+SEARCH_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class PositionOptions:
     stop : first iteration after which they stay fixed (None: never); refine : first iteration
     from which they are corrected again to the end (the ML refinement; None: none).
     max_step, max_shift : pixels (module docstring). initial : (N, 2) measured view corners.
+    searches : iterations after which the whole-pixel search runs; radius : its reach (px).
     """
 
     start: int
@@ -71,6 +93,23 @@ class PositionOptions:
     initial: np.ndarray
     stop: int | None = None
     refine: int | None = None
+    searches: tuple[int, ...] = ()
+    radius: int = 0
+
+    def bounds(
+        self, index: np.ndarray, obj_shape: tuple[int, ...], frame: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Lowest and highest origin (n, 2) each of the views ``index`` may take: within
+        ``max_shift`` of the measured corner and inside the object array."""
+        upper = np.asarray(obj_shape[-2:], dtype=np.float64) - np.asarray(frame[-2:]) - 1
+        lower = np.maximum(self.initial[index] - self.max_shift, 0.0)
+        return lower, np.minimum(self.initial[index] + self.max_shift, upper)
+
+    def linear_gain(self, iteration: int) -> float:
+        """Rate of the moves' linear part after ``iteration``: with an ML refinement 0 before
+        it (``refine``) and :data:`LINEAR_GAIN` in it; without, :data:`LINEAR_GAIN` (module
+        docstring)."""
+        return 0.0 if self.refine is not None and iteration < self.refine else LINEAR_GAIN
 
     def active(self, iteration: int) -> bool:
         """Whether positions are corrected after ``iteration``."""
@@ -151,28 +190,99 @@ def remove_affine(moves: np.ndarray, origins: np.ndarray) -> np.ndarray:
     return moves - basis @ coefficients
 
 
-def constrain(moves: np.ndarray, origins: np.ndarray) -> np.ndarray:
+def constrain(moves: np.ndarray, origins: np.ndarray, gain: float = LINEAR_GAIN) -> np.ndarray:
     """``moves`` (N, 2) without their mean and with their linear part in ``origins`` (N, 2)
-    scaled by :data:`LINEAR_GAIN` (module docstring)."""
+    scaled by ``gain`` (module docstring)."""
     rest = remove_affine(moves, origins)
     linear = moves - rest
-    return rest + LINEAR_GAIN * (linear - linear.mean(axis=0))
+    return rest + gain * (linear - linear.mean(axis=0))
 
 
-def position_step(systems: ViewSystems, state: State, options: PositionOptions) -> State:
-    """The state with corrected origins (module docstring); estimates unchanged."""
+def position_step(
+    systems: ViewSystems, state: State, options: PositionOptions, linear_gain: float = LINEAR_GAIN
+) -> State:
+    """The state with corrected origins (module docstring), the moves' linear part taken at
+    ``linear_gain``; estimates unchanged."""
     assert state.origins is not None
     origins = np.asarray(state.origins, dtype=np.float64)
     moves = solve_moves(systems, len(origins))
-    moves = GAIN * constrain(moves, options.initial)
+    moves = GAIN * constrain(moves, options.initial, linear_gain)
     moves = np.clip(moves, -options.max_step, options.max_step)
-    new = np.clip(
-        origins + moves, options.initial - options.max_shift, options.initial + options.max_shift
-    )
-    frame = np.asarray(state.probe.shape[1:])
-    upper = np.asarray(state.obj.shape[1:]) - frame - 1
-    new = np.clip(new, 0.0, upper.astype(np.float64))
-    return state.replace(origins=new)
+    lower, upper = options.bounds(np.arange(len(origins)), state.obj.shape, state.probe.shape)
+    return state.replace(origins=np.clip(origins + moves, lower, upper))
+
+
+@dataclass(frozen=True)
+class ViewRows:
+    """Per-view values of some views: index (n,) int64 into the scan, values (n, k) float64.
+    ``+`` gathers two sets (any order)."""
+
+    index: np.ndarray
+    values: np.ndarray
+
+    def __add__(self, other: ViewRows) -> ViewRows:
+        return ViewRows(
+            np.concatenate([self.index, other.index]), np.concatenate([self.values, other.values])
+        )
+
+
+def error_task(views: ResidentViews, state: State) -> ViewRows:
+    """The relative model error of each resident view at ``state``: values (n, 1)."""
+    probe, obj = views.device(state.probe), views.device(state.obj)
+    rotation = views.device(state.rotation)
+    parts = [ViewRows(np.zeros(0, np.int64), np.zeros((0, 1)))]
+    for chunk in views.chunks:
+        follow_origins(chunk, state.origins)
+        errors = view_errors(chunk, probe, obj, views.batch_size, rotation)
+        index = np.arange(chunk.first, chunk.first + chunk.n_views, dtype=np.int64)
+        parts.append(ViewRows(index, errors[:, None]))
+    return tree_sum(parts)
+
+
+def pick_outliers(errors: ViewRows) -> np.ndarray:
+    """Scan indices (sorted) of the views to search: error above :data:`OUTLIER` times the
+    median, at most :data:`SEARCH_SHARE` of the views, the worst."""
+    values = errors.values[:, 0]
+    if values.size == 0:
+        return np.zeros(0, np.int64)
+    candidates = np.flatnonzero(values > OUTLIER * float(np.median(values)))
+    most = max(1, int(SEARCH_SHARE * values.size))
+    worst = candidates[np.argsort(values[candidates])[::-1][:most]]
+    return np.sort(errors.index[worst])
+
+
+def search_task(
+    views: ResidentViews, state: State, picks: np.ndarray, options: PositionOptions
+) -> ViewRows:
+    """The whole-pixel search of the resident views among ``picks`` (scan indices): values
+    (n, 4) holding the best offset (row, column), its error and the error where the view is."""
+    probe, obj = views.device(state.probe), views.device(state.obj)
+    rotation = views.device(state.rotation)
+    parts = [ViewRows(np.zeros(0, np.int64), np.zeros((0, 4)))]
+    for chunk in views.chunks:
+        mine = picks[(picks >= chunk.first) & (picks < chunk.first + chunk.n_views)]
+        if mine.size == 0:
+            continue
+        follow_origins(chunk, state.origins)
+        lower, upper = options.bounds(mine, state.obj.shape, state.probe.shape)
+        best, error, here = search_views(
+            chunk, probe, obj, mine - chunk.first, options.radius, lower, upper,
+            views.batch_size, rotation,
+        )  # fmt: skip
+        parts.append(ViewRows(mine, np.column_stack([best, error, here])))
+    return tree_sum(parts)
+
+
+def jump_step(found: ViewRows, state: State) -> State:
+    """The state with the searched views whose best offset cuts their error below
+    :data:`ACCEPT` moved there (and ML's search direction dropped: the model changed)."""
+    jump = found.values[:, 2] < ACCEPT * found.values[:, 3]
+    if not jump.any():
+        return state
+    assert state.origins is not None
+    origins = np.array(state.origins, dtype=np.float64)
+    origins[found.index[jump]] += found.values[jump, :2]
+    return state.replace(origins=origins, memory=None)
 
 
 class PositionCorrection:
@@ -191,5 +301,12 @@ class PositionCorrection:
             if getattr(self.inner, "holds_exit_waves", False):
                 lit = executor.map_reduce(lit_task, new, key=f"{tag}-lit")
             systems = executor.map_reduce(position_task, new, lit, key=f"{tag}-systems")
-            new = executor.apply(position_step, systems, new, self.options, key=f"{tag}-step")
+            gain = self.options.linear_gain(iteration)
+            new = executor.apply(position_step, systems, new, self.options, gain, key=f"{tag}-step")
+        if iteration in self.options.searches:
+            tag = f"search{iteration}"
+            errors = executor.map_reduce(error_task, new, key=f"{tag}-errors")
+            picks = executor.apply(pick_outliers, errors, key=f"{tag}-picks")
+            found = executor.map_reduce(search_task, new, picks, self.options, key=f"{tag}-try")
+            new = executor.apply(jump_step, found, new, key=f"{tag}-jump")
         return new, stats

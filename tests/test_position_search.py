@@ -1,0 +1,124 @@
+"""The whole-pixel search of views far from their place (ptychograph.position_search and its
+steps in ptychograph.algorithms.positions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptychograph.algorithms import plan_from
+from ptychograph.algorithms.positions import (
+    ACCEPT,
+    LINEAR_GAIN,
+    OUTLIER,
+    SEARCH_SHARE,
+    PositionOptions,
+    ViewRows,
+    jump_step,
+    pick_outliers,
+)
+from ptychograph.config import ReconstructionConfig
+from ptychograph.operators import exit_waves, extract_views, far_field_intensity
+from ptychograph.position_search import offsets, search_views, view_errors
+from ptychograph.simulate import SimulationConfig, simulate
+from ptychograph.state import State
+from ptychograph.views import make_chunk
+
+
+def _scan(precision: type = np.complex128):  # type: ignore[no-untyped-def]
+    """A noise-free textured scan on whole-pixel positions: probe, object, true origins, frames
+    (N, H, W)."""
+    sim = simulate(
+        SimulationConfig(n_frames=30, frame_size=32, photons=None, seed=5, phantom="texture")
+    )
+    probe, obj = sim.probe.astype(precision), sim.obj.astype(precision)
+    origins = np.round(sim.origins)
+    views = exit_waves(probe[None], extract_views(obj, origins.astype(np.int64), (32, 32)))
+    return probe, obj, origins, far_field_intensity(views)
+
+
+@pytest.mark.parametrize("precision", [np.complex64, np.complex128])
+def test_a_view_far_off_is_found_where_its_data_belong(precision: type) -> None:
+    probe, obj, truth, frames = _scan(precision)
+    given = truth.copy()
+    given[4] += (6.0, -7.0)  # far beyond the reach of a gradient step on a 2 px texture
+    given[9] += (0.25, 0.5)  # a small error, same fraction kept by the search
+    amplitudes = np.sqrt(frames).astype(probe.real.dtype)
+    chunk = make_chunk(amplitudes, None, given, probe, obj, batch_size=7)
+    errors = view_errors(chunk, probe, obj, batch_size=7)
+    others = np.delete(errors, [4, 9])
+    assert errors[4] > 10 * OUTLIER * np.median(errors) and np.all(others < 1e-5)
+    # at most 5 % of 30 views: the worst alone
+    assert pick_outliers(ViewRows(np.arange(30), errors[:, None])).tolist() == [4]
+    lower = np.zeros((2, 2))
+    upper = np.full((2, 2), 1e9)
+    best, error, here = search_views(chunk, probe, obj, np.array([4, 9]), 10, lower, upper, 7)
+    np.testing.assert_array_equal(best[0], [-6.0, 7.0])
+    assert error[0] < 1e-5 < ACCEPT * here[0]
+    np.testing.assert_allclose(here, errors[[4, 9]], rtol=1e-4)
+    # the half-pixel view has no whole-pixel offset that fits: it stays
+    np.testing.assert_array_equal(best[1], [0.0, 0.0])
+
+
+def test_the_search_keeps_within_the_bounds() -> None:
+    probe, obj, truth, frames = _scan()
+    given = truth.copy()
+    given[4] += (6.0, -7.0)
+    chunk = make_chunk(np.sqrt(frames), None, given, probe, obj)
+    lower, upper = given[[4]] - 3.0, given[[4]] + 3.0
+    best, error, here = search_views(chunk, probe, obj, np.array([4]), 10, lower, upper)
+    assert np.all(np.abs(best) <= 3.0) and error[0] <= here[0]
+    options = PositionOptions(0, 0.5, 3.0, given, searches=(1,), radius=10)
+    low, high = options.bounds(np.array([4]), obj.shape, probe.shape)
+    np.testing.assert_allclose(low, lower)
+    np.testing.assert_allclose(high, np.minimum(upper, np.array(obj.shape[1:]) - 32 - 1))
+
+
+def test_offsets_start_where_the_view_is() -> None:
+    grid = offsets(2)
+    assert grid.shape == (25, 2) and grid[0].tolist() == [0, 0]
+    assert len({tuple(row) for row in grid.tolist()}) == 25 and np.abs(grid).max() == 2
+
+
+def test_outliers_are_the_worst_few_far_above_the_median() -> None:
+    errors = np.full(100, 1.0)
+    errors[[3, 50, 70, 90, 91, 92, 93, 94]] = [2.9, 3.5, 4.0, 10, 11, 12, 13, 14]
+    picks = pick_outliers(ViewRows(np.arange(100) + 1000, errors[:, None]))
+    assert len(picks) == int(SEARCH_SHARE * 100) == 5
+    assert picks.tolist() == [1090, 1091, 1092, 1093, 1094]
+    few = np.ones(100)
+    few[[3, 50]] = 2.9, 3.5  # 2.9 is below 3x the median
+    assert pick_outliers(ViewRows(np.arange(100), few[:, None])).tolist() == [50]
+    assert pick_outliers(ViewRows(np.zeros(0, np.int64), np.zeros((0, 1)))).size == 0
+    assert pick_outliers(ViewRows(np.arange(10), np.ones((10, 1)))).size == 0
+
+
+def test_a_view_jumps_only_where_its_error_drops_enough() -> None:
+    origins = np.arange(8.0).reshape(4, 2) + 10
+    state = State(np.ones((1, 4, 4), complex), np.ones((1, 40, 40), complex), origins=origins)
+    state = state.replace(memory="direction")
+    found = ViewRows(
+        np.array([1, 3]), np.array([[2.0, -3.0, 0.1, 1.0], [5.0, 5.0, 1.01 * ACCEPT, 1.0]])
+    )
+    moved = jump_step(found, state)
+    assert moved.origins is not None
+    np.testing.assert_array_equal(moved.origins[1], origins[1] + (2.0, -3.0))
+    np.testing.assert_array_equal(np.delete(moved.origins, 1, axis=0), np.delete(origins, 1, 0))
+    assert moved.memory is None  # ML restarts from steepest descent
+    none = ViewRows(np.array([1]), np.array([[2.0, 2.0, 0.9, 1.0]]))
+    assert jump_step(none, state) is state
+
+
+def test_searches_run_after_each_quarter_of_ml_but_the_last() -> None:
+    rec = ReconstructionConfig(iterations=20, position_correction=True)
+    options = plan_from(rec, origins=np.zeros((4, 2)))[1].algorithm.options  # type: ignore[attr-defined]
+    assert options.searches == (20 + 24, 20 + 49, 20 + 74) and options.radius == 10
+    for update in ({"ml_iterations": 0}, {"position_search": 0}):
+        other = rec.model_copy(update=update)
+        plan = plan_from(other, origins=np.zeros((4, 2)))
+        assert all(stage.algorithm.options.searches == () for stage in plan)  # type: ignore[attr-defined]
+    assert options.linear_gain(19) == 0.0 and options.linear_gain(20) == LINEAR_GAIN > 0
+    dm_only = plan_from(rec.model_copy(update={"ml_iterations": 0}), origins=np.zeros((4, 2)))
+    assert dm_only[0].algorithm.options.linear_gain(5) == LINEAR_GAIN  # type: ignore[attr-defined]
+    one = plan_from(rec.model_copy(update={"ml_iterations": 1}), origins=np.zeros((4, 2)))
+    assert one[1].algorithm.options.searches == (20,)  # type: ignore[attr-defined]
