@@ -56,16 +56,16 @@ DAMPING = 0.05
 #: move, 0.38 px with half of it (0.34 px with 0.3, but converging half as fast).
 GAIN = 0.5
 #: Rate of the moves' linear part (scale, rotation, shear) relative to the rest, during ML
-#: (during DM it is 0 when ML follows). Random position errors have a linear part too (0.1-0.4 px RMS of 2 px
-#: RMS errors on 200 views), but the scan's scale is barely fixed by the data where the probe's
-#: curvature can take it up: started from the true positions of a simulated scan with a
-#: textured object, DM's correction shrank the scan by 0.7 % (0.40 px RMS, 0.11 px without the
-#: linear part); with the linear part left to ML the views moved 0.12 px RMS. Correcting
-#: through DM alone, removing it entirely left it in the result, the full rate let edge views drag
-#: the scan: over three draws of 2 px RMS errors on a simulated scan (200 views, leave-one-out
-#: terms, an experiment's patch) the corrected positions ended 0.40-0.56 px RMS from the truth
-#: with 0, 0.44-0.59 with 1 and 0.33-0.49 with 0.3 (benchmarks/RESULTS.md: five draws with
-#: the code as it is).
+#: (during DM it is 0 when ML follows). Random position errors have a linear part too
+#: (0.1-0.4 px RMS of 2 px RMS errors on 200 views), but the data barely fix the scan's scale
+#: where the probe's curvature can take it up: started from the true positions of a simulated
+#: scan with a textured object, DM's correction shrank the scan by 0.7 % (0.40 px RMS, 0.11 px
+#: without the linear part); with the linear part left to ML the views moved 0.12 px RMS.
+#: Correcting through DM alone, removing it entirely left it in the result, the full rate let
+#: edge views drag the scan: over three draws of 2 px RMS errors on a simulated scan (200
+#: views, leave-one-out terms, an experiment's patch) the corrected positions ended 0.40-0.56
+#: px RMS from the truth with 0, 0.44-0.59 with 1 and 0.33-0.49 with 0.3 (benchmarks/
+#: RESULTS.md: five draws with the code as it is).
 LINEAR_GAIN = 0.3
 #: A view is searched when its relative model error is above this multiple of the median's.
 #: Views at their place fit within 2x of the median on the simulated scans (textured, 2 px RMS
