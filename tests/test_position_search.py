@@ -25,7 +25,9 @@ from ptychograph.state import State
 from ptychograph.views import make_chunk
 
 
-def _scan(precision: type = np.complex128):  # type: ignore[no-untyped-def]
+def _scan(
+    precision: type = np.complex128,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A noise-free textured scan on whole-pixel positions: probe, object, true origins, frames
     (N, H, W)."""
     sim = simulate(
