@@ -3,8 +3,11 @@ steps in ptychograph.algorithms.positions)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from distributed import Client, LocalCluster
 
 from ptychograph.algorithms import plan_from
 from ptychograph.algorithms.positions import (
@@ -17,7 +20,9 @@ from ptychograph.algorithms.positions import (
     jump_step,
     pick_outliers,
 )
-from ptychograph.config import ReconstructionConfig
+from ptychograph.config import ReconstructionConfig, parse_config
+from ptychograph.engine import reconstruct, reconstruct_in_process
+from ptychograph.io.cxi import write_cxi
 from ptychograph.operators import exit_waves, extract_views, far_field_intensity
 from ptychograph.position_search import offsets, search_views, view_errors
 from ptychograph.simulate import SimulationConfig, simulate
@@ -124,3 +129,51 @@ def test_searches_run_after_each_quarter_of_ml_but_the_last() -> None:
     assert dm_only[0].algorithm.options.linear_gain(5) == LINEAR_GAIN  # type: ignore[attr-defined]
     one = plan_from(rec.model_copy(update={"ml_iterations": 1}), origins=np.zeros((4, 2)))
     assert one[1].algorithm.options.searches == (20,)  # type: ignore[attr-defined]
+
+
+def test_the_search_runs_alike_in_process_and_on_dask(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The search's gathers and per-worker tries give the same positions on a Dask cluster of
+    two workers as in process; every search tries the worst view (no outlier threshold), and
+    the worst views do move."""
+    import ptychograph.algorithms.positions as positions
+
+    monkeypatch.setattr(positions, "OUTLIER", 0.0)
+    monkeypatch.setattr(positions, "SEARCH_SHARE", 0.1)
+    sim = simulate(
+        SimulationConfig(n_frames=30, frame_size=32, photons=1e6, seed=4, phantom="texture")
+    )
+    errors = np.random.default_rng(3).normal(0, 3.0, sim.scan.positions.shape)
+    pixel = np.asarray(sim.scan.geometry.object_pixel)
+    write_cxi(
+        tmp_path / "bad.cxi", replace(sim.scan, positions=sim.scan.positions + errors * pixel)
+    )
+    rec = {"iterations": 6, "ml_iterations": 8, "position_correction": True}
+    rec |= {"position_start": 0.0, "precision": "double"}
+    config = parse_config(
+        {
+            "data": {"path": str(tmp_path / "bad.cxi")},
+            "reconstruction": rec,
+            "output": {"path": str(tmp_path / "r.zarr"), "figure": False},
+        }
+    )
+    tried: list[np.ndarray] = []
+    jump = positions.jump_step
+
+    def recording(found: ViewRows, state: State) -> State:
+        tried.append(found.values.copy())
+        return jump(found, state)
+
+    monkeypatch.setattr(positions, "jump_step", recording)
+    local = reconstruct_in_process(config, n_chunks=2)
+    assert len(tried) == 3 and all(len(values) == 3 for values in tried)
+    assert any(np.any(values[:, :2] != 0) for values in tried)  # some view found a better place
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        remote = reconstruct(config, client=client, write=False)
+    assert local.state.origins is not None and remote.state.origins is not None
+    np.testing.assert_allclose(remote.state.origins, local.state.origins, atol=1e-9)
+    np.testing.assert_allclose(remote.state.obj, local.state.obj, rtol=1e-7, atol=1e-9)
