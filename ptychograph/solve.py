@@ -12,13 +12,14 @@ import logging
 from collections.abc import Sequence
 
 from ptychograph.algorithms import plan_from
+from ptychograph.algorithms.positions import OUTLIER, error_task, stuck_views
 from ptychograph.auto_modes import mode_hooks
 from ptychograph.config import Config
 from ptychograph.driver import Callback, Driver, DriverSettings, SyncHook, choose_final
 from ptychograph.errors import Diverged
-from ptychograph.executors import RunExecutor
+from ptychograph.executors import RunExecutor, WorkerLost
 from ptychograph.problem import Problem, Result
-from ptychograph.state import SyncPoint, no_progress
+from ptychograph.state import State, SyncPoint, no_progress
 
 log = logging.getLogger("ptychograph")
 
@@ -68,6 +69,8 @@ def conclude(
         log.warning(
             "the run made no progress: %s; check the data (scaling, mask) and the settings", idle
         )
+    if config.reconstruction.position_correction:
+        _say_stuck_views(executor, final.state)
     if driver.handover is not None:  # refined after DM: say from which DM estimate
         errors = {f"dm_{name}": value for name, value in driver.handover.model_error.items()}
         chosen = f"refined from the DM {driver.handover.chosen}"
@@ -84,3 +87,25 @@ def _say_photon_unit(unit: float, noise_bound: float) -> None:
         )
     elif unit != 1:
         log.info("the frames are photon counts scaled by 1/%.4g; noise_bound follows", 1 / unit)
+
+
+def _say_stuck_views(executor: RunExecutor, state: State) -> None:
+    """Warn about the views that still fit their frames far worse than the median view after
+    position correction (docs/design.md, "Position correction"): their positions may be
+    wrong."""
+    try:
+        rows = executor.fetch(executor.map_reduce(error_task, executor.publish(state), key="stuck"))
+    except WorkerLost as lost:
+        log.warning("the corrected positions were not checked: worker(s) %s lost", lost)
+        return
+    stuck = stuck_views(rows)
+    if stuck.size:
+        shown = ", ".join(str(int(j)) for j in stuck[:10]) + (", ..." if stuck.size > 10 else "")
+        log.warning(
+            "%d view(s) fit their frames more than %g times worse than the median view after "
+            "position correction (views %s, counted from 0, the worst first): their positions or "
+            "frames may be wrong",
+            stuck.size,
+            OUTLIER,
+            shown,
+        )

@@ -177,3 +177,35 @@ def test_the_search_runs_alike_in_process_and_on_dask(tmp_path, monkeypatch) -> 
     assert local.state.origins is not None and remote.state.origins is not None
     np.testing.assert_allclose(remote.state.origins, local.state.origins, atol=1e-9)
     np.testing.assert_allclose(remote.state.obj, local.state.obj, rtol=1e-7, atol=1e-9)
+
+
+def test_a_view_that_fits_nowhere_is_named(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """After position correction, a view whose frame no position explains (here a frame of
+    another scan, of a textured object) is named first in a warning; a clean scan's run warns
+    of nothing (its worst view measured 1.5 times the median's error; the foreign frame 55)."""
+    sim = simulate(SimulationConfig(n_frames=30, frame_size=32, photons=1e6, seed=4))
+    other = simulate(
+        SimulationConfig(n_frames=30, frame_size=32, photons=1e6, seed=9, phantom="texture")
+    )
+    frames = sim.scan.frames.copy()
+    frames[7] = other.scan.frames[20]
+    write_cxi(tmp_path / "clean.cxi", sim.scan)
+    write_cxi(tmp_path / "bad.cxi", replace(sim.scan, frames=frames))
+    rec = {"iterations": 20, "ml_iterations": 8, "position_correction": True}
+    for name in ("clean", "bad"):
+        config = parse_config(
+            {
+                "data": {"path": str(tmp_path / f"{name}.cxi")},
+                "reconstruction": rec,
+                "output": {"path": str(tmp_path / "r.zarr"), "figure": False},
+            }
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="ptychograph"):
+            reconstruct_in_process(config)
+        said = [r.getMessage() for r in caplog.records if "position correction" in r.getMessage()]
+        if name == "clean":
+            assert said == []
+        else:
+            # the frame spoils the object around it: its neighbours may be named after it
+            assert len(said) == 1 and "(views 7," in said[0]

@@ -239,6 +239,16 @@ def error_task(views: ResidentViews, state: State) -> ViewRows:
     return tree_sum(parts)
 
 
+def stuck_views(errors: ViewRows) -> np.ndarray:
+    """Scan indices of every view whose error is above :data:`OUTLIER` times the median,
+    the worst first."""
+    values = errors.values[:, 0]
+    if values.size == 0:
+        return np.zeros(0, np.int64)
+    stuck = np.flatnonzero(values > OUTLIER * float(np.median(values)))
+    return errors.index[stuck[np.argsort(values[stuck])[::-1]]]
+
+
 def pick_outliers(errors: ViewRows) -> np.ndarray:
     """Scan indices (sorted) of the views to search: error above :data:`OUTLIER` times the
     median, at most :data:`SEARCH_SHARE` of the views, the worst."""
