@@ -291,10 +291,7 @@ def final_plan(
 def _moved(algorithm: Any, first: int) -> Any:
     """``algorithm`` with the iteration numbers in its options moved by ``first``."""
     if isinstance(algorithm, PositionCorrection):
-        options = algorithm.options
-        stop = None if options.stop is None else options.stop + first
-        where = dataclasses.replace(options, start=options.start + first, stop=stop)
-        return PositionCorrection(_moved(algorithm.inner, first), where)
+        return PositionCorrection(_moved(algorithm.inner, first), algorithm.options.moved(first))
     if isinstance(algorithm, MaximumLikelihood):
         ml = dataclasses.replace(algorithm.options, stop=algorithm.options.stop + first)
         return MaximumLikelihood(ml)

@@ -30,7 +30,7 @@ def relative_errors(spectrum: Array, amplitudes: Array, good: Array | None) -> n
     """Per view sum_q (sqrt(I) - |F phi|)^2 / sum_q I over good pixels: (N,) float64.
 
     spectrum : (N, M_P, M_O, H, W) complex, F phi. amplitudes : (N or 1, H, W). good : (H, W)
-    bool or None. A view without counts has error 0 against a zero model."""
+    bool or None. A view without counts (on its good pixels) has error NaN: it says nothing."""
     xp = get_array_module(spectrum)
     model = xp.sqrt(xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2)))
     diff = (amplitudes - model) ** 2
@@ -40,7 +40,8 @@ def relative_errors(spectrum: Array, amplitudes: Array, good: Array | None) -> n
         total = total * good[None]
     residual = to_host(xp.sum(diff, axis=(1, 2))).astype(np.float64)
     counts = to_host(xp.sum(total, axis=(1, 2))).astype(np.float64)
-    return residual / np.maximum(counts, np.finfo(np.float64).tiny)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, residual / np.where(counts > 0, counts, 1.0), np.nan)
 
 
 def view_errors(
@@ -81,22 +82,26 @@ def search_views(
     upper: np.ndarray,
     batch_size: int = 64,
     rotation: Array | None = None,
+    origins: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Try the views ``local`` (n,) (indices into the chunk) at every whole-pixel offset
     within ``radius`` that keeps their origin within [``lower``, ``upper``] (n, 2).
+    ``origins`` : (n, 2) float64 their origins (the chunk's corners and fractions, in the
+    run's precision, if None).
 
-    Returns the best offset (n, 2) float64 (0 where nothing does better), its relative error
-    (n,) and the error where the view is (n,)."""
+    Returns the best offset (n, 2) float64 (0 where nothing does better or the view has no
+    counts), its relative error (n,) and the error where the view is (n,)."""
     xp = get_array_module(probe)
     held = shifted_probe(chunk, probe, rotation, batch_size)
     grid = offsets(radius)
     corners = to_host(chunk.corners)
-    origins = corners + to_host(chunk.frac).astype(np.float64)
+    if origins is None:
+        origins = (corners + to_host(chunk.frac).astype(np.float64))[local]
     best = np.zeros((len(local), 2))
     best_error = np.zeros(len(local))
     here = np.zeros(len(local))
     for row, j in enumerate(np.asarray(local, dtype=np.int64).tolist()):
-        moved = origins[j] + grid
+        moved = origins[row] + grid
         inside = np.all((moved >= lower[row]) & (moved <= upper[row]), axis=1)
         inside[0] = True  # where the view is, always
         tried = grid[inside]
@@ -106,6 +111,9 @@ def search_views(
             window = extract_views(obj, xp.asarray(corners[j] + tried[sl]), chunk.frame_shape)
             spectrum = fft2(exit_waves(probe_view, window), overwrite=True)
             errors[sl] = relative_errors(spectrum, chunk.amplitudes[j : j + 1], chunk.good)
+        if not np.all(np.isfinite(errors)):  # no counts: nowhere is better
+            best_error[row] = here[row] = errors[0]
+            continue
         k = int(np.argmin(errors))
         best[row], best_error[row], here[row] = tried[k], errors[k], errors[0]
     return best, best_error, here

@@ -95,8 +95,9 @@ def _say_stuck_views(executor: RunExecutor, state: State) -> None:
     wrong."""
     try:
         rows = executor.fetch(executor.map_reduce(error_task, executor.publish(state), key="stuck"))
-    except WorkerLost as lost:
-        log.warning("the corrected positions were not checked: worker(s) %s lost", lost)
+    except Exception as err:  # a diagnosis: it never fails a finished run
+        why = f"worker(s) {err} lost" if isinstance(err, WorkerLost) else type(err).__name__
+        log.warning("the corrected positions were not checked: %s", why)
         return
     stuck = stuck_views(rows)
     if stuck.size:

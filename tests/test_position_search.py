@@ -19,6 +19,7 @@ from ptychograph.algorithms.positions import (
     ViewRows,
     jump_step,
     pick_outliers,
+    stuck_views,
 )
 from ptychograph.config import ReconstructionConfig, parse_config
 from ptychograph.engine import reconstruct, reconstruct_in_process
@@ -81,6 +82,24 @@ def test_the_search_keeps_within_the_bounds() -> None:
     np.testing.assert_allclose(high, np.minimum(upper, np.array(obj.shape[1:]) - 32 - 1))
 
 
+def test_views_without_counts_are_never_searched_nor_named() -> None:
+    probe, obj, truth, frames = _scan()
+    frames[3] = 0.0
+    chunk = make_chunk(np.sqrt(frames), None, truth + (2.0, 0.0) * (np.arange(30) == 5)[:, None],
+                       probe, obj)  # fmt: skip
+    with np.errstate(all="raise"):
+        errors = view_errors(chunk, probe, obj)
+        assert np.isnan(errors[3]) and np.all(np.isfinite(np.delete(errors, 3)))
+        rows = ViewRows(np.arange(30), errors[:, None])
+        assert stuck_views(rows).tolist() == [5] and pick_outliers(rows).tolist() == [5]
+        best, error, here = search_views(
+            chunk, probe, obj, np.array([3, 5]), 3, np.zeros((2, 2)), np.full((2, 2), 1e9)
+        )
+    assert best[0].tolist() == [0.0, 0.0] and np.isnan(here[0])
+    assert best[1].tolist() == [-2.0, 0.0]
+    assert stuck_views(ViewRows(np.arange(2), np.full((2, 1), np.nan))).size == 0
+
+
 def test_offsets_start_where_the_view_is() -> None:
     grid = offsets(2)
     assert grid.shape == (25, 2) and grid[0].tolist() == [0, 0]
@@ -127,8 +146,33 @@ def test_searches_run_after_each_quarter_of_ml_but_the_last() -> None:
     assert options.linear_gain(19) == 0.0 and options.linear_gain(20) == LINEAR_GAIN > 0
     dm_only = plan_from(rec.model_copy(update={"ml_iterations": 0}), origins=np.zeros((4, 2)))
     assert dm_only[0].algorithm.options.linear_gain(5) == LINEAR_GAIN  # type: ignore[attr-defined]
-    one = plan_from(rec.model_copy(update={"ml_iterations": 1}), origins=np.zeros((4, 2)))
-    assert one[1].algorithm.options.searches == (20,)  # type: ignore[attr-defined]
+    for ml, searches in ((1, ()), (2, (20,)), (3, (20, 21))):  # never after the last
+        short = plan_from(rec.model_copy(update={"ml_iterations": ml}), origins=np.zeros((4, 2)))
+        assert short[1].algorithm.options.searches == searches  # type: ignore[attr-defined]
+
+
+def test_a_live_runs_final_plan_moves_every_iteration_number() -> None:
+    """A live run's final plan starts at iteration ``first``: position correction's start,
+    stop, ML refinement and searches move with it (the linear part then left to ML)."""
+    from ptychograph.follow import final_plan
+    from ptychograph.problem import ScanSummary
+
+    rec = ReconstructionConfig(iterations=20, position_correction=True)
+    options = plan_from(rec, origins=np.zeros((4, 2)))[1].algorithm.options  # type: ignore[attr-defined]
+    moved = options.moved(500)
+    assert (moved.start, moved.stop, moved.refine) == (502, 510, 520)
+    assert moved.searches == (544, 569, 594) and moved.radius == options.radius
+    assert moved.linear_gain(519) == 0.0 and moved.linear_gain(520) == LINEAR_GAIN
+    config = parse_config(
+        {
+            "data": {"path": "x.cxi"},
+            "reconstruction": {"position_correction": True},
+            "follow": {"final_iterations": 20},
+        }
+    )
+    scan = simulate(SimulationConfig(n_frames=4, frame_size=16, photons=None, seed=1)).scan
+    plan = final_plan(config, ScanSummary.of(scan), np.zeros((4, 2)), 500)
+    assert plan[1].algorithm.options.searches == (544, 569, 594)  # type: ignore[attr-defined]
 
 
 def test_the_search_runs_alike_in_process_and_on_dask(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -209,3 +253,29 @@ def test_a_view_that_fits_nowhere_is_named(tmp_path, caplog) -> None:  # type: i
         else:
             # the frame spoils the object around it: its neighbours may be named after it
             assert len(said) == 1 and "(views 7," in said[0]
+
+
+def test_a_failing_check_of_the_positions_never_fails_the_run(
+    tmp_path, monkeypatch, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    import ptychograph.solve as solve
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(solve, "error_task", broken)
+    sim = simulate(SimulationConfig(n_frames=12, frame_size=32, photons=1e6, seed=4))
+    write_cxi(tmp_path / "s.cxi", sim.scan)
+    rec = {"iterations": 4, "ml_iterations": 2, "position_correction": True}
+    config = parse_config(
+        {
+            "data": {"path": str(tmp_path / "s.cxi")},
+            "reconstruction": rec,
+            "output": {"path": str(tmp_path / "r.zarr"), "figure": False},
+        }
+    )
+    with caplog.at_level("WARNING", logger="ptychograph"):
+        result = reconstruct_in_process(config)
+    assert result.state.origins is not None
+    said = [r.getMessage() for r in caplog.records]
+    assert "the corrected positions were not checked: RuntimeError" in said

@@ -56,8 +56,9 @@ def position_options(rec: ReconstructionConfig, origins: np.ndarray) -> Position
     refine = rec.iterations if rec.ml_iterations else None
     searches: tuple[int, ...] = ()
     if rec.ml_iterations and rec.position_search:
-        after = {max(rec.ml_iterations * quarter // 4, 1) for quarter in (1, 2, 3)}
-        searches = tuple(sorted(rec.iterations + n - 1 for n in after))
+        after = {rec.ml_iterations * quarter // 4 for quarter in (1, 2, 3)}
+        ml = rec.ml_iterations  # never after the last ML iteration: a jump needs refining
+        searches = tuple(sorted(rec.iterations + n - 1 for n in after if 0 < n < ml))
     initial = np.asarray(origins, dtype=np.float64)
     return PositionOptions(
         start, rec.position_max_step, rec.position_max_shift, initial, stop, refine,

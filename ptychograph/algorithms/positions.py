@@ -105,6 +105,20 @@ class PositionOptions:
         lower = np.maximum(self.initial[index] - self.max_shift, 0.0)
         return lower, np.minimum(self.initial[index] + self.max_shift, upper)
 
+    def moved(self, first: int) -> PositionOptions:
+        """These options with every iteration number moved by ``first`` (a plan that starts at
+        iteration ``first``)."""
+        return PositionOptions(
+            self.start + first,
+            self.max_step,
+            self.max_shift,
+            self.initial,
+            None if self.stop is None else self.stop + first,
+            None if self.refine is None else self.refine + first,
+            tuple(n + first for n in self.searches),
+            self.radius,
+        )
+
     def linear_gain(self, iteration: int) -> float:
         """Rate of the moves' linear part after ``iteration``: with an ML refinement 0 before
         it (``refine``) and :data:`LINEAR_GAIN` in it; without, :data:`LINEAR_GAIN` (module
@@ -241,24 +255,20 @@ def error_task(views: ResidentViews, state: State) -> ViewRows:
 
 def stuck_views(errors: ViewRows) -> np.ndarray:
     """Scan indices of every view whose error is above :data:`OUTLIER` times the median,
-    the worst first."""
+    the worst first; views without counts (error NaN) are never among them."""
     values = errors.values[:, 0]
-    if values.size == 0:
+    known = values[np.isfinite(values)]
+    if known.size == 0:
         return np.zeros(0, np.int64)
-    stuck = np.flatnonzero(values > OUTLIER * float(np.median(values)))
+    stuck = np.flatnonzero(values > OUTLIER * float(np.median(known)))  # NaN: never
     return errors.index[stuck[np.argsort(values[stuck])[::-1]]]
 
 
 def pick_outliers(errors: ViewRows) -> np.ndarray:
-    """Scan indices (sorted) of the views to search: error above :data:`OUTLIER` times the
-    median, at most :data:`SEARCH_SHARE` of the views, the worst."""
-    values = errors.values[:, 0]
-    if values.size == 0:
-        return np.zeros(0, np.int64)
-    candidates = np.flatnonzero(values > OUTLIER * float(np.median(values)))
-    most = max(1, int(SEARCH_SHARE * values.size))
-    worst = candidates[np.argsort(values[candidates])[::-1][:most]]
-    return np.sort(errors.index[worst])
+    """Scan indices (sorted) of the views to search: :func:`stuck_views`, at most
+    :data:`SEARCH_SHARE` of the views, the worst."""
+    stuck = stuck_views(errors)
+    return np.sort(stuck[: max(1, int(SEARCH_SHARE * len(errors.index)))])
 
 
 def search_task(
@@ -275,9 +285,10 @@ def search_task(
             continue
         follow_origins(chunk, state.origins)
         lower, upper = options.bounds(mine, state.obj.shape, state.probe.shape)
+        assert state.origins is not None
         best, error, here = search_views(
             chunk, probe, obj, mine - chunk.first, options.radius, lower, upper,
-            views.batch_size, rotation,
+            views.batch_size, rotation, np.asarray(state.origins)[mine],
         )  # fmt: skip
         parts.append(ViewRows(mine, np.column_stack([best, error, here])))
     return tree_sum(parts)
