@@ -10,7 +10,13 @@ smallest positive value 1 / f_j. :func:`photon_unit` finds that quantum.
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 import numpy as np
+from scipy import stats
+
+from ptychograph.backend import get_array_module
 
 #: Frames looked at (evenly spread over the scan).
 SAMPLE_FRAMES = 256
@@ -50,3 +56,30 @@ def _whole_multiples(values: np.ndarray, quantum: float) -> bool:
     ratio = values / quantum
     off = np.abs(ratio - np.round(ratio))
     return bool(np.mean(off < TOLERANCE + 1e-6 * ratio) > 0.999)
+
+
+@cache
+def _amplitude_noise_table() -> tuple[np.ndarray, np.ndarray]:
+    """log10 x and E[(sqrt(n) - sqrt(x))^2] for n ~ Poisson(x), x from 1e-4 to 1e4 photons."""
+    means = np.logspace(-4, 4, 161)
+    values = np.empty_like(means)
+    for i, mean in enumerate(means):
+        counts = np.arange(int(mean + 12 * np.sqrt(mean) + 30))
+        weights = stats.poisson.pmf(counts, mean)
+        values[i] = np.sum(weights * (np.sqrt(counts) - np.sqrt(mean)) ** 2)
+    return np.log10(means), values
+
+
+def amplitude_noise(power: Any, unit: float) -> Any:
+    """The expected (sqrt(I) - sqrt(lambda))^2 per pixel where the data I are Poisson counts of
+    mean lambda = ``power`` (frames' units; any array, NumPy or CuPy) and one photon is
+    ``unit`` > 0 in those units: unit * g(lambda / unit), g rising as 2x for few photons,
+    peaking near 0.45 at one photon and falling to 1/4 for many."""
+    xp = get_array_module(power)
+    log_means, values = _amplitude_noise_table()
+    photons = xp.maximum(power / unit, 0.0)
+    inside = xp.interp(
+        xp.log10(xp.clip(photons, 1e-4, 1e4)), xp.asarray(log_means), xp.asarray(values)
+    )
+    few = photons * (values[0] / 1e-4)  # below the table: linear in x
+    return unit * xp.where(photons < 1e-4, few, xp.where(photons > 1e4, 0.25, inside))

@@ -21,27 +21,33 @@ from __future__ import annotations
 import numpy as np
 
 from ptychograph.backend import Array, fft2, get_array_module, to_host
+from ptychograph.noise import amplitude_noise
 from ptychograph.operators import exit_waves, extract_views
 from ptychograph.shifted_probe import batch_slices
 from ptychograph.views import ViewChunk, batch_probe, shifted_probe
 
 
-def relative_errors(spectrum: Array, amplitudes: Array, good: Array | None) -> np.ndarray:
-    """Per view sum_q (sqrt(I) - |F phi|)^2 / sum_q I over good pixels: (N,) float64.
+def relative_errors(
+    spectrum: Array, amplitudes: Array, good: Array | None, unit: float = 0.0
+) -> np.ndarray:
+    """Per view, sum_q (sqrt(I) - |F phi|)^2 over good pixels, divided by what Poisson noise
+    alone leaves, sum_q unit g(|F phi|^2 / unit) (:func:`ptychograph.noise.amplitude_noise`:
+    about 1 for a view that fits to the noise, however bright) when one photon is ``unit`` > 0
+    in the frames' units; by sum_q I when ``unit`` is 0 (photon scale unknown): (N,) float64.
 
     spectrum : (N, M_P, M_O, H, W) complex, F phi. amplitudes : (N or 1, H, W). good : (H, W)
-    bool or None. A view without counts (on its good pixels) has error NaN: it says nothing."""
+    bool or None. NaN where the divisor is 0 (a view without counts says nothing)."""
     xp = get_array_module(spectrum)
-    model = xp.sqrt(xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2)))
-    diff = (amplitudes - model) ** 2
-    total = xp.broadcast_to(amplitudes**2, diff.shape)
+    power = xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2))
+    diff = (amplitudes - xp.sqrt(power)) ** 2
+    scale = amplitude_noise(power, unit) if unit > 0 else xp.broadcast_to(amplitudes**2, diff.shape)
     if good is not None:
         diff = diff * good[None]
-        total = total * good[None]
+        scale = scale * good[None]
     residual = to_host(xp.sum(diff, axis=(1, 2))).astype(np.float64)
-    counts = to_host(xp.sum(total, axis=(1, 2))).astype(np.float64)
+    divisor = to_host(xp.sum(scale, axis=(1, 2))).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, residual / np.where(counts > 0, counts, 1.0), np.nan)
+        return np.where(divisor > 0, residual / np.where(divisor > 0, divisor, 1.0), np.nan)
 
 
 def view_errors(
@@ -50,8 +56,10 @@ def view_errors(
     obj: Array,
     batch_size: int = 64,
     rotation: Array | None = None,
+    unit: float = 0.0,
 ) -> np.ndarray:
-    """Relative model error of each of the chunk's views (:func:`relative_errors`): (N,).
+    """Relative model error of each of the chunk's views (:func:`relative_errors`, against
+    the Poisson noise when one photon is ``unit`` > 0 in the frames' units): (N,).
 
     probe : (M_P, H, W), obj : (M_O, Y, X); ``rotation`` as for
     :func:`ptychograph.positions.shift_terms`."""
@@ -60,7 +68,7 @@ def view_errors(
     for sl in batch_slices(chunk.n_views, batch_size):
         window = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
         spectrum = fft2(exit_waves(batch_probe(chunk, held, sl, probe), window), overwrite=True)
-        errors[sl] = relative_errors(spectrum, chunk.amplitudes[sl], chunk.good)
+        errors[sl] = relative_errors(spectrum, chunk.amplitudes[sl], chunk.good, unit)
     return errors
 
 

@@ -70,7 +70,7 @@ def conclude(
             "the run made no progress: %s; check the data (scaling, mask) and the settings", idle
         )
     if config.reconstruction.position_correction:
-        _say_stuck_views(executor, final.state)
+        _say_stuck_views(executor, final.state, problem.summary.photon_unit)
     if driver.handover is not None:  # refined after DM: say from which DM estimate
         errors = {f"dm_{name}": value for name, value in driver.handover.model_error.items()}
         chosen = f"refined from the DM {driver.handover.chosen}"
@@ -89,12 +89,13 @@ def _say_photon_unit(unit: float, noise_bound: float) -> None:
         log.info("the frames are photon counts scaled by 1/%.4g; noise_bound follows", 1 / unit)
 
 
-def _say_stuck_views(executor: RunExecutor, state: State) -> None:
+def _say_stuck_views(executor: RunExecutor, state: State, unit: float) -> None:
     """Warn about the views that still fit their frames far worse than the median view after
     position correction (docs/design.md, "Position correction"): their positions may be
     wrong."""
     try:
-        rows = executor.fetch(executor.map_reduce(error_task, executor.publish(state), key="stuck"))
+        handle = executor.publish(state)
+        rows = executor.fetch(executor.map_reduce(error_task, handle, unit, key="stuck"))
     except Exception as err:  # a diagnosis: it never fails a finished run
         why = f"worker(s) {err} lost" if isinstance(err, WorkerLost) else type(err).__name__
         log.warning("the corrected positions were not checked: %s", why)

@@ -24,6 +24,7 @@ from ptychograph.algorithms.positions import (
 from ptychograph.config import ReconstructionConfig, parse_config
 from ptychograph.engine import reconstruct, reconstruct_in_process
 from ptychograph.io.cxi import write_cxi
+from ptychograph.noise import amplitude_noise
 from ptychograph.operators import exit_waves, extract_views, far_field_intensity
 from ptychograph.position_search import offsets, search_views, view_errors
 from ptychograph.simulate import SimulationConfig, simulate
@@ -279,3 +280,39 @@ def test_a_failing_check_of_the_positions_never_fails_the_run(
     assert result.state.origins is not None
     said = [r.getMessage() for r in caplog.records]
     assert "the corrected positions were not checked: RuntimeError" in said
+
+
+@pytest.mark.parametrize("mean", [0.01, 0.3, 1.0, 5.0, 50.0, 3000.0])
+def test_amplitude_noise_is_the_poisson_expectation(mean: float) -> None:
+    counts = np.random.default_rng(1).poisson(mean, 400_000)
+    sampled = float(np.mean((np.sqrt(counts) - np.sqrt(mean)) ** 2))
+    expected = float(amplitude_noise(np.array([mean]), 1.0)[0])
+    assert expected == pytest.approx(sampled, rel=0.02)
+    # in frames of counts divided by 100: the same in those units
+    scaled = float(amplitude_noise(np.array([mean / 100]), 0.01)[0])
+    assert scaled == pytest.approx(expected / 100, rel=1e-9)
+    assert float(amplitude_noise(np.array([0.0]), 1.0)[0]) == 0.0
+
+
+def test_views_that_fit_to_the_noise_score_alike_however_bright() -> None:
+    """Half the object transmits a fifth of the light: its views' relative errors stand 3-4x
+    the median from noise alone (measured 3.95 at 1e6 photons), which would name them stuck;
+    against the Poisson noise every view of the true model scores about 1, in counts and in
+    counts divided by 100."""
+    sim = simulate(SimulationConfig(n_frames=60, frame_size=32, photons=None, seed=5))
+    probe, obj = sim.probe.astype(complex), sim.obj.astype(complex)
+    origins = np.round(sim.origins)
+    obj = obj * np.where(np.arange(obj.shape[2]) > obj.shape[2] // 2, 0.45, 1.0)
+    views = exit_waves(probe[None], extract_views(obj, origins.astype(np.int64), (32, 32)))
+    power = far_field_intensity(views)
+    scale = 1e6 / power.sum(axis=(1, 2)).max()
+    frames = np.random.default_rng(0).poisson(power * scale).astype(float)
+    chunk = make_chunk(np.sqrt(frames), None, origins, probe * np.sqrt(scale), obj)
+    relative = view_errors(chunk, probe * np.sqrt(scale), obj)
+    assert relative.max() > OUTLIER * np.median(relative)
+    for unit in (1.0, 0.01):
+        probe_u = probe * np.sqrt(scale * unit)
+        chunk = make_chunk(np.sqrt(frames * unit), None, origins, probe_u, obj)
+        scores = view_errors(chunk, probe_u, obj, unit=unit)
+        assert np.all(np.abs(scores - 1.0) < 0.25)
+        assert stuck_views(ViewRows(np.arange(60), scores[:, None])).size == 0

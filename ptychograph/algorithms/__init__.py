@@ -46,11 +46,13 @@ def ml_options(rec: ReconstructionConfig, summary: ScanSummary | None = None) ->
     return MLOptions(floor, rec.regularisation, rec.iterations + rec.ml_iterations)
 
 
-def position_options(rec: ReconstructionConfig, origins: np.ndarray) -> PositionOptions:
+def position_options(
+    rec: ReconstructionConfig, origins: np.ndarray, photon_unit: float = 0.0
+) -> PositionOptions:
     """Position-correction options: during DM from ``position_start`` until ``position_stop``
     (fractions of the DM iterations), and through every ML iteration, with the whole-pixel
-    search after each quarter of the ML iterations but the last; ``origins`` : (N, 2) measured view
-    corners."""
+    search after each quarter of the ML iterations but the last; ``origins`` : (N, 2) measured
+    view corners; ``photon_unit`` : one photon in the frames' units (0: unknown)."""
     start = int(round(rec.position_start * rec.iterations))
     stop = None if rec.position_stop >= 1.0 else int(round(rec.position_stop * rec.iterations))
     refine = rec.iterations if rec.ml_iterations else None
@@ -62,7 +64,7 @@ def position_options(rec: ReconstructionConfig, origins: np.ndarray) -> Position
     initial = np.asarray(origins, dtype=np.float64)
     return PositionOptions(
         start, rec.position_max_step, rec.position_max_shift, initial, stop, refine,
-        searches, rec.position_search,
+        searches, rec.position_search, photon_unit,
     )  # fmt: skip
 
 
@@ -81,7 +83,8 @@ def plan_from(
     if rec.position_correction:
         if origins is None:
             raise ValueError("position correction needs the measured view origins")
-        options = position_options(rec, origins)
+        unit = 0.0 if summary is None else summary.photon_unit
+        options = position_options(rec, origins, unit)
         plan = [
             Stage(PositionCorrection(stage.algorithm, options), stage.start, stage.stop)
             for stage in plan

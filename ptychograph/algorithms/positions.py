@@ -85,6 +85,7 @@ class PositionOptions:
     from which they are corrected again to the end (the ML refinement; None: none).
     max_step, max_shift : pixels (module docstring). initial : (N, 2) measured view corners.
     searches : iterations after which the whole-pixel search runs; radius : its reach (px).
+    photon_unit : one photon in the frames' units (0: unknown), for the views' errors.
     """
 
     start: int
@@ -95,6 +96,7 @@ class PositionOptions:
     refine: int | None = None
     searches: tuple[int, ...] = ()
     radius: int = 0
+    photon_unit: float = 0.0
 
     def bounds(
         self, index: np.ndarray, obj_shape: tuple[int, ...], frame: tuple[int, ...]
@@ -117,6 +119,7 @@ class PositionOptions:
             None if self.refine is None else self.refine + first,
             tuple(n + first for n in self.searches),
             self.radius,
+            self.photon_unit,
         )
 
     def linear_gain(self, iteration: int) -> float:
@@ -240,14 +243,15 @@ class ViewRows:
         )
 
 
-def error_task(views: ResidentViews, state: State) -> ViewRows:
-    """The relative model error of each resident view at ``state``: values (n, 1)."""
+def error_task(views: ResidentViews, state: State, unit: float = 0.0) -> ViewRows:
+    """The relative model error of each resident view at ``state`` (against the Poisson
+    noise when one photon is ``unit`` > 0 in the frames' units): values (n, 1)."""
     probe, obj = views.device(state.probe), views.device(state.obj)
     rotation = views.device(state.rotation)
     parts = [ViewRows(np.zeros(0, np.int64), np.zeros((0, 1)))]
     for chunk in views.chunks:
         follow_origins(chunk, state.origins)
-        errors = view_errors(chunk, probe, obj, views.batch_size, rotation)
+        errors = view_errors(chunk, probe, obj, views.batch_size, rotation, unit)
         index = np.arange(chunk.first, chunk.first + chunk.n_views, dtype=np.int64)
         parts.append(ViewRows(index, errors[:, None]))
     return tree_sum(parts)
@@ -326,7 +330,8 @@ class PositionCorrection:
             new = executor.apply(position_step, systems, new, self.options, gain, key=f"{tag}-step")
         if iteration in self.options.searches:
             tag = f"search{iteration}"
-            errors = executor.map_reduce(error_task, new, key=f"{tag}-errors")
+            unit = self.options.photon_unit
+            errors = executor.map_reduce(error_task, new, unit, key=f"{tag}-errors")
             picks = executor.apply(pick_outliers, errors, key=f"{tag}-picks")
             found = executor.map_reduce(search_task, new, picks, self.options, key=f"{tag}-try")
             new = executor.apply(jump_step, found, new, key=f"{tag}-jump")
