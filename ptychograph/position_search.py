@@ -36,18 +36,22 @@ def relative_errors(
     in the frames' units; by sum_q I when ``unit`` is 0 (photon scale unknown): (N,) float64.
 
     spectrum : (N, M_P, M_O, H, W) complex, F phi. amplitudes : (N or 1, H, W). good : (H, W)
-    bool or None. NaN where the divisor is 0 (a view without counts says nothing)."""
+    bool or None. NaN for a view without counts on its good pixels (it says nothing)."""
     xp = get_array_module(spectrum)
     power = xp.sum(spectrum.real**2 + spectrum.imag**2, axis=(1, 2))
     diff = (amplitudes - xp.sqrt(power)) ** 2
-    scale = amplitude_noise(power, unit) if unit > 0 else xp.broadcast_to(amplitudes**2, diff.shape)
+    intensity = xp.broadcast_to(amplitudes**2, diff.shape)
+    noise = amplitude_noise(power, unit) if unit > 0 else intensity
     if good is not None:
-        diff = diff * good[None]
-        scale = scale * good[None]
-    residual = to_host(xp.sum(diff, axis=(1, 2))).astype(np.float64)
-    divisor = to_host(xp.sum(scale, axis=(1, 2))).astype(np.float64)
+        diff, intensity, noise = (term * good[None] for term in (diff, intensity, noise))
+
+    def sums(term: Array) -> np.ndarray:
+        return to_host(xp.sum(term, axis=(1, 2))).astype(np.float64)
+
+    residual, counts, divisor = sums(diff), sums(intensity), sums(noise)
+    usable = (counts > 0) & (divisor > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(divisor > 0, residual / np.where(divisor > 0, divisor, 1.0), np.nan)
+        return np.where(usable, residual / np.where(usable, divisor, 1.0), np.nan)
 
 
 def view_errors(

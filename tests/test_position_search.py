@@ -91,6 +91,8 @@ def test_views_without_counts_are_never_searched_nor_named() -> None:
     with np.errstate(all="raise"):
         errors = view_errors(chunk, probe, obj)
         assert np.isnan(errors[3]) and np.all(np.isfinite(np.delete(errors, 3)))
+        scores = view_errors(chunk, probe, obj, unit=1e-3)  # against the noise: the same
+        assert np.isnan(scores[3]) and np.all(np.isfinite(np.delete(scores, 3)))
         rows = ViewRows(np.arange(30), errors[:, None])
         assert stuck_views(rows).tolist() == [5] and pick_outliers(rows).tolist() == [5]
         best, error, here = search_views(
