@@ -24,7 +24,7 @@ from ptychograph.backend import Array, fft2, get_array_module, to_host
 from ptychograph.noise import amplitude_noise
 from ptychograph.operators import exit_waves, extract_views
 from ptychograph.shifted_probe import batch_slices
-from ptychograph.views import ViewChunk, batch_probe, shifted_probe
+from ptychograph.views import ViewChunk, batch_probe, current_views, shifted_probe
 
 
 def relative_errors(
@@ -55,23 +55,17 @@ def relative_errors(
 
 
 def view_errors(
-    chunk: ViewChunk,
-    probe: Array,
-    obj: Array,
-    batch_size: int = 64,
-    rotation: Array | None = None,
-    unit: float = 0.0,
+    chunk: ViewChunk, probe: Array, obj: Array, batch_size: int = 64, unit: float = 0.0
 ) -> np.ndarray:
     """Relative model error of each of the chunk's views (:func:`relative_errors`, against
-    the Poisson noise when one photon is ``unit`` > 0 in the frames' units): (N,).
+    the Poisson noise when one photon is ``unit`` > 0 in the frames' units): (N,). The
+    per-view counterpart of :func:`ptychograph.views.model_error`.
 
-    probe : (M_P, H, W), obj : (M_O, Y, X); ``rotation`` as for
-    :func:`ptychograph.positions.shift_terms`."""
-    held = shifted_probe(chunk, probe, rotation, batch_size)
+    probe : (M_P, H, W), obj : (M_O, Y, X)."""
     errors = np.zeros(chunk.n_views)
+    shifted_probe(chunk, probe, batch_size=batch_size)
     for sl in batch_slices(chunk.n_views, batch_size):
-        window = extract_views(obj, chunk.corners[sl], chunk.frame_shape)
-        spectrum = fft2(exit_waves(batch_probe(chunk, held, sl, probe), window), overwrite=True)
+        spectrum = fft2(current_views(chunk, sl, probe, obj), overwrite=True)
         errors[sl] = relative_errors(spectrum, chunk.amplitudes[sl], chunk.good, unit)
     return errors
 

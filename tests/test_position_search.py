@@ -4,6 +4,7 @@ steps in ptychograph.algorithms.positions)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from ptychograph.algorithms.positions import (
     pick_outliers,
     stuck_views,
 )
-from ptychograph.config import ReconstructionConfig, parse_config
+from ptychograph.config import Config, ReconstructionConfig, parse_config
 from ptychograph.engine import reconstruct, reconstruct_in_process
 from ptychograph.io.cxi import write_cxi
 from ptychograph.noise import amplitude_noise
@@ -30,6 +31,13 @@ from ptychograph.position_search import offsets, search_views, view_errors
 from ptychograph.simulate import SimulationConfig, simulate
 from ptychograph.state import State
 from ptychograph.views import make_chunk
+
+
+def _config(data: Path, rec: dict[str, object]) -> Config:
+    """A run of the scan at ``data`` with the ``reconstruction`` keys ``rec``, writing beside
+    it without a figure."""
+    output = {"path": str(data.parent / "r.zarr"), "figure": False}
+    return parse_config({"data": {"path": str(data)}, "reconstruction": rec, "output": output})
 
 
 def _scan(
@@ -196,13 +204,7 @@ def test_the_search_runs_alike_in_process_and_on_dask(tmp_path, monkeypatch) -> 
     )
     rec = {"iterations": 6, "ml_iterations": 8, "position_correction": True}
     rec |= {"position_start": 0.0, "precision": "double"}
-    config = parse_config(
-        {
-            "data": {"path": str(tmp_path / "bad.cxi")},
-            "reconstruction": rec,
-            "output": {"path": str(tmp_path / "r.zarr"), "figure": False},
-        }
-    )
+    config = _config(tmp_path / "bad.cxi", rec)
     tried: list[np.ndarray] = []
     jump = positions.jump_step
 
@@ -240,13 +242,7 @@ def test_a_view_that_fits_nowhere_is_named(tmp_path, caplog) -> None:  # type: i
     write_cxi(tmp_path / "bad.cxi", replace(sim.scan, frames=frames))
     rec = {"iterations": 20, "ml_iterations": 8, "position_correction": True}
     for name in ("clean", "bad"):
-        config = parse_config(
-            {
-                "data": {"path": str(tmp_path / f"{name}.cxi")},
-                "reconstruction": rec,
-                "output": {"path": str(tmp_path / "r.zarr"), "figure": False},
-            }
-        )
+        config = _config(tmp_path / f"{name}.cxi", rec)
         caplog.clear()
         with caplog.at_level("WARNING", logger="ptychograph"):
             reconstruct_in_process(config)
@@ -270,13 +266,7 @@ def test_a_failing_check_of_the_positions_never_fails_the_run(
     sim = simulate(SimulationConfig(n_frames=12, frame_size=32, photons=1e6, seed=4))
     write_cxi(tmp_path / "s.cxi", sim.scan)
     rec = {"iterations": 4, "ml_iterations": 2, "position_correction": True}
-    config = parse_config(
-        {
-            "data": {"path": str(tmp_path / "s.cxi")},
-            "reconstruction": rec,
-            "output": {"path": str(tmp_path / "r.zarr"), "figure": False},
-        }
-    )
+    config = _config(tmp_path / "s.cxi", rec)
     with caplog.at_level("WARNING", logger="ptychograph"):
         result = reconstruct_in_process(config)
     assert result.state.origins is not None

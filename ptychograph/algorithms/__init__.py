@@ -58,9 +58,9 @@ def position_options(
     refine = rec.iterations if rec.ml_iterations else None
     searches: tuple[int, ...] = ()
     if rec.ml_iterations and rec.position_search:
-        after = {rec.ml_iterations * quarter // 4 for quarter in (1, 2, 3)}
-        ml = rec.ml_iterations  # never after the last ML iteration: a jump needs refining
-        searches = tuple(sorted(rec.iterations + n - 1 for n in after if 0 < n < ml))
+        # after each quarter but the last (never after the last iteration: a jump needs ML)
+        after = {rec.ml_iterations * quarter // 4 for quarter in (1, 2, 3)} - {0}
+        searches = tuple(sorted(rec.iterations + n - 1 for n in after))
     initial = np.asarray(origins, dtype=np.float64)
     return PositionOptions(
         start, rec.position_max_step, rec.position_max_shift, initial, stop, refine,

@@ -36,7 +36,7 @@ them first (:func:`ptychograph.positions.follow_origins`), in process or on any 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -113,16 +113,12 @@ class PositionOptions:
     def moved(self, first: int) -> PositionOptions:
         """These options with every iteration number moved by ``first`` (a plan that starts at
         iteration ``first``)."""
-        return PositionOptions(
-            self.start + first,
-            self.max_step,
-            self.max_shift,
-            self.initial,
-            None if self.stop is None else self.stop + first,
-            None if self.refine is None else self.refine + first,
-            tuple(n + first for n in self.searches),
-            self.radius,
-            self.photon_unit,
+        return replace(
+            self,
+            start=self.start + first,
+            stop=None if self.stop is None else self.stop + first,
+            refine=None if self.refine is None else self.refine + first,
+            searches=tuple(n + first for n in self.searches),
         )
 
     def linear_gain(self, iteration: int) -> float:
@@ -250,11 +246,10 @@ def error_task(views: ResidentViews, state: State, unit: float = 0.0) -> ViewRow
     """The relative model error of each resident view at ``state`` (against the Poisson
     noise when one photon is ``unit`` > 0 in the frames' units): values (n, 1)."""
     probe, obj = views.device(state.probe), views.device(state.obj)
-    rotation = views.device(state.rotation)
     parts = [ViewRows(np.zeros(0, np.int64), np.zeros((0, 1)))]
     for chunk in views.chunks:
         follow_origins(chunk, state.origins)
-        errors = view_errors(chunk, probe, obj, views.batch_size, rotation, unit)
+        errors = view_errors(chunk, probe, obj, views.batch_size, unit)
         index = np.arange(chunk.first, chunk.first + chunk.n_views, dtype=np.int64)
         parts.append(ViewRows(index, errors[:, None]))
     return tree_sum(parts)
