@@ -7,8 +7,9 @@ from the truth can settle ~10 px from it, where its data fit far worse than ever
 view's (benchmarks/RESULTS.md, "Science: position correction through ML"). Once the ML
 refinement has nearly converged the object from all the other views, the model error of such
 a view, tried at every whole-pixel offset around where it is, is lowest within about a pixel
-of its true place (measured on four such views: 0.2-1.8 px from the truth, at 0.19-0.75 of
-the error where the view was).
+of its true place (measured on three of four such views: 0.5-1.8 px from the truth, at
+0.19-0.75 of the error where the view was; the fourth, beside another wrong view, fitted best
+where it was).
 
 :func:`view_errors` gives each view's relative model error; :func:`search_views` tries a
 view at whole-pixel offsets (its own sub-pixel shifted probe S_j P, so the fraction stays)

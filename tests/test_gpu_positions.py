@@ -62,8 +62,9 @@ def test_position_terms_on_cupy_equal_numpy(dtype: type) -> None:
 def test_position_search_on_cupy_equals_numpy(dtype: type) -> None:
     (host, probe, obj), (device, d_probe, d_obj), origins = _pair(dtype)
     tol = TOLERANCE[dtype]
-    errors = view_errors(host, probe, obj, 5)
-    np.testing.assert_allclose(view_errors(device, d_probe, d_obj, 5), errors, rtol=tol)
+    for unit in (0.0, 1.0):  # divided by the counts, and by the Poisson noise (on the device)
+        errors = view_errors(host, probe, obj, 5, unit)
+        np.testing.assert_allclose(view_errors(device, d_probe, d_obj, 5, unit), errors, rtol=tol)
     local = np.array([2, 11, 17])
     lower, upper = origins[local] - 4.0, origins[local] + 4.0
     best, error, here = search_views(host, probe, obj, local, 3, lower, upper, 5)

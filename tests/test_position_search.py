@@ -189,7 +189,7 @@ def test_a_live_runs_final_plan_moves_every_iteration_number() -> None:
 def test_the_search_runs_alike_in_process_and_on_dask(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The search's gathers and per-worker tries give the same positions on a Dask cluster of
     two workers as in process; every search tries the worst view (no outlier threshold), and
-    the worst views do move."""
+    the worst views do move; DM's position steps leave the scan's linear part, ML's take it."""
     import ptychograph.algorithms.positions as positions
 
     monkeypatch.setattr(positions, "OUTLIER", 0.0)
@@ -212,10 +212,21 @@ def test_the_search_runs_alike_in_process_and_on_dask(tmp_path, monkeypatch) -> 
         tried.append(found.values.copy())
         return jump(found, state)
 
+    gains: list[tuple[int, float]] = []
+    step = positions.position_step
+
+    def gain_of(systems: object, state: State, options: object, gain: float) -> State:
+        gains.append((state.iteration, gain))
+        return step(systems, state, options, gain)  # type: ignore[arg-type]
+
     monkeypatch.setattr(positions, "jump_step", recording)
+    monkeypatch.setattr(positions, "position_step", gain_of)
     local = reconstruct_in_process(config, n_chunks=2)
     assert len(tried) == 3 and all(len(values) == 3 for values in tried)
     assert any(np.any(values[:, :2] != 0) for values in tried)  # some view found a better place
+    # the scan's linear part: not moved by DM (ML follows), at LINEAR_GAIN in ML
+    assert {gain for done, gain in gains if done <= 6} == {0.0}
+    assert {gain for done, gain in gains if done > 6} == {LINEAR_GAIN}
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None

@@ -200,6 +200,12 @@ CASES = [
         ("reconstruction.seed", "-1"),
     ),
     Case(
+        "yaml-negative-position-search",
+        "yaml",
+        sections(reconstruction={"position_correction": True, "position_search": -3}),
+        ("reconstruction.position_search", "-3"),
+    ),
+    Case(
         "yaml-zero-workers", "yaml", sections(cluster={"n_workers": 0}), ("cluster.n_workers", "0")
     ),
     Case(
